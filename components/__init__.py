@@ -1,0 +1,1 @@
+"""Components of the kthw program: one concern per module, wired together by cluster.py."""

@@ -1,0 +1,103 @@
+"""The cluster's network (KTHW ch. 3 and 11): VPC, subnet, firewall rules, API address, pod routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_gcp import compute
+
+from components.config import ClusterConfig
+
+NAME = "kubernetes-the-hard-way"
+SUBNET_NAME = "kubernetes"
+API_PORT = 6443
+
+
+def route_name(pod_cidr: str) -> str:
+    """KTHW's route name for a pod CIDR: 10.200.1.0/24 -> kubernetes-route-10-200-1-0-24."""
+    return "kubernetes-route-" + pod_cidr.replace(".", "-").replace("/", "-")
+
+
+@dataclass(frozen=True)
+class NetworkArgs:
+    """What the network needs: the validated config."""
+
+    config: ClusterConfig
+
+
+class Network(pulumi.ComponentResource):
+    """The VPC `kubernetes-the-hard-way` and everything attached to it before any VM exists."""
+
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("kthw:index:Network", name, None, opts)
+        cfg = args.config
+        # Explicit cloud names are fixed by KTHW, so a replacement must delete the old one first.
+        named = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
+
+        self.vpc = compute.Network(
+            f"{name}-vpc",
+            name=NAME,
+            auto_create_subnetworks=False,
+            opts=named,
+        )
+        self.subnet = compute.Subnetwork(
+            f"{name}-subnet",
+            name=SUBNET_NAME,
+            network=self.vpc.id,
+            region=cfg.region,
+            ip_cidr_range=cfg.node_cidr,
+            opts=named,
+        )
+        # Nodes and pods talk freely among themselves (KTHW ch. 3): every protocol the cluster uses.
+        self.allow_internal = compute.Firewall(
+            f"{name}-allow-internal",
+            name=f"{NAME}-allow-internal",
+            network=self.vpc.name,
+            allows=[
+                compute.FirewallAllowArgs(protocol="tcp"),
+                compute.FirewallAllowArgs(protocol="udp"),
+                compute.FirewallAllowArgs(protocol="icmp"),
+            ],
+            source_ranges=[cfg.node_cidr, cfg.cluster_cidr],
+            opts=named,
+        )
+        # From outside, only SSH, the API and ping, and only from the admins' ranges.
+        self.allow_external = compute.Firewall(
+            f"{name}-allow-external",
+            name=f"{NAME}-allow-external",
+            network=self.vpc.name,
+            allows=[
+                compute.FirewallAllowArgs(protocol="tcp", ports=["22", str(API_PORT)]),
+                compute.FirewallAllowArgs(protocol="icmp"),
+            ],
+            source_ranges=list(cfg.admin_source_ranges),
+            target_tags=[NAME],
+            opts=named,
+        )
+        self.public_address = compute.Address(
+            f"{name}-public-address",
+            name=NAME,
+            region=cfg.region,
+            opts=named,
+        )
+        # KTHW ch. 11: pods reach pods on other workers through one route per worker. The next hop
+        # is the worker's internal IP, known from config, so routes need not wait for the VMs.
+        self.routes = [
+            compute.Route(
+                f"{name}-route-{worker.name}",
+                name=route_name(worker.pod_cidr or ""),
+                network=self.vpc.name,
+                dest_range=worker.pod_cidr or "",
+                next_hop_ip=worker.internal_ip,
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, depends_on=[self.subnet]),
+            )
+            for worker in cfg.workers
+        ]
+        self.register_outputs(
+            {
+                "network": self.vpc.name,
+                "subnet": self.subnet.name,
+                "public_address": self.public_address.address,
+            }
+        )

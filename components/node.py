@@ -1,0 +1,90 @@
+"""One VM of the cluster (KTHW ch. 3), controller or worker, and the SSH gate its bootstrap waits on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_command import remote as command_remote
+from pulumi_gcp import compute
+
+from components import remote
+from components.config import ClusterConfig, NodeSpec
+from components.network import NAME as NETWORK_TAG
+from components.render import render
+
+BOOT_DISK_GB = 20
+# KTHW also grants compute-rw, storage-ro, service-management and service-control so its nodes can
+# look themselves up with gcloud; this program injects every such value, so nodes keep only what
+# the guest agent's logging and monitoring need.
+SCOPES = ("logging-write", "monitoring")
+# How long a VM may take from creation to accepting SSH and finishing cloud-init.
+SSH_READY_TIMEOUT = "15m"
+
+
+@dataclass(frozen=True)
+class NodeArgs:
+    """A node's spec, where it attaches, and the SSH key pair the program manages."""
+
+    config: ClusterConfig
+    spec: NodeSpec
+    subnet: pulumi.Input[str]
+    ssh_public_key: pulumi.Input[str]
+    ssh_private_key: pulumi.Input[str]
+
+
+class Node(pulumi.ComponentResource):
+    """A GCE instance with KTHW's settings, plus the gate every command on it depends on."""
+
+    def __init__(self, name: str, args: NodeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("kthw:index:Node", name, None, opts)
+        cfg, spec = args.config, args.spec
+        self.spec = spec
+        metadata: dict[str, pulumi.Input[str]] = {
+            "ssh-keys": pulumi.Output.concat(cfg.ssh_user, ":", args.ssh_public_key),
+            # With OS Login on (a common project default) GCE ignores metadata keys, and the
+            # SSH gate would wait forever; this VM is reached only with the program's own key.
+            "enable-oslogin": "FALSE",
+            "block-project-ssh-keys": "TRUE",
+        }
+        if spec.pod_cidr:
+            metadata["pod-cidr"] = spec.pod_cidr
+
+        self.instance = compute.Instance(
+            f"{name}-instance",
+            name=spec.name,
+            zone=cfg.zone,
+            machine_type=spec.machine_type,
+            can_ip_forward=True,  # workers route pod traffic; KTHW sets it on every node
+            boot_disk={"initialize_params": {"image": cfg.image, "size": BOOT_DISK_GB}},
+            network_interfaces=[
+                {
+                    "subnetwork": args.subnet,
+                    "network_ip": spec.internal_ip,
+                    "access_configs": [{}],  # an ephemeral external IP for SSH and egress
+                }
+            ],
+            service_account={"scopes": list(SCOPES)},
+            tags=[NETWORK_TAG, spec.role],
+            metadata=metadata,
+            allow_stopping_for_update=True,
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+        )
+        self.external_ip: pulumi.Output[str] = self.instance.network_interfaces.apply(
+            lambda nics: (nics[0].access_configs or [])[0].nat_ip or ""
+        )
+        connection = remote.connection(self.external_ip, cfg.ssh_user, args.ssh_private_key)
+        self.ssh_ready = command_remote.Command(
+            f"{name}-ssh-ready",
+            connection=connection,
+            create=render("node/ssh-ready.sh", node=spec.name),
+            # A replaced VM answers on a new address with an empty disk: the gate, and with it
+            # every step that names it in replace_with, runs again.
+            triggers=[self.instance.instance_id],
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                custom_timeouts=pulumi.CustomTimeouts(create=SSH_READY_TIMEOUT),
+            ),
+        )
+        self.host = remote.Host(name=spec.name, connection=connection, ready=self.ssh_ready)
+        self.register_outputs({"internal_ip": spec.internal_ip, "external_ip": self.external_ip})

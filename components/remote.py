@@ -1,0 +1,108 @@
+"""Remote-command helpers: the SSH connection, file bundles carried on stdin, and idempotent scripts."""
+
+from __future__ import annotations
+
+import base64
+import io
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_command import remote
+
+# How long one bootstrap step may take (downloads, a cold systemd start) before `pulumi up` fails.
+STEP_TIMEOUT = "20m"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file to place on a node: absolute path, content (plain or secret) and mode, owned by root."""
+
+    path: str
+    content: pulumi.Input[str]
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where and how a node's commands run: its SSH connection and the gate that proves it is up."""
+
+    name: str
+    connection: remote.ConnectionArgs
+    ready: pulumi.Resource
+
+
+def connection(host: pulumi.Input[str], user: str, private_key: pulumi.Input[str]) -> remote.ConnectionArgs:
+    """SSH to a fresh VM: keep dialing while it boots (dial_error_limit=-1), each dial bounded."""
+    return remote.ConnectionArgs(
+        host=host,
+        user=user,
+        private_key=private_key,
+        dial_error_limit=-1,
+        per_dial_timeout=30,
+    )
+
+
+def pack(files: Sequence[tuple[str, str, int]]) -> str:
+    """A base64 tar of (path, content, mode) entries: root-owned, fixed mtime, in the given order.
+
+    Deterministic on purpose: the same files give the same bytes, so a re-run with unchanged
+    content shows no diff in `pulumi preview`.
+    """
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, content, mode in files:
+            data = content.encode()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def bundle(files: Sequence[RemoteFile]) -> pulumi.Output[str]:
+    """Pack files for stdin; the result is secret whenever any content is (Output.all keeps it)."""
+    paths = [f.path for f in files]
+    modes = [f.mode for f in files]
+    return pulumi.Output.all(*[f.content for f in files]).apply(
+        lambda contents: pack(list(zip(paths, [str(c) for c in contents], modes)))
+    )
+
+
+def run(
+    resource_name: str,
+    host: Host,
+    script: str,
+    *,
+    parent: pulumi.Resource,
+    stdin: pulumi.Input[str] | None = None,
+    secret_stdin: bool = False,
+    triggers: Sequence[pulumi.Input[object]] | None = None,
+    depends_on: Sequence[pulumi.Resource] = (),
+) -> remote.Command:
+    """Run one idempotent script on a node, after its SSH gate.
+
+    A change to the script or its stdin updates the Command, which runs `create` again: every
+    script converges from any earlier state. `triggers` replace the Command instead; they carry
+    what is not in the script itself but must re-run it (the instance it runs on, a binary it
+    restarts). A command whose stdin carries a secret logs nothing and keeps stdout and stderr
+    secret, so neither the engine's log nor the state ever shows key material.
+    """
+    return remote.Command(
+        resource_name,
+        connection=host.connection,
+        create=script,
+        stdin=pulumi.Output.secret(stdin) if secret_stdin and stdin is not None else stdin,
+        triggers=list(triggers) if triggers else None,
+        logging=remote.Logging.NONE if secret_stdin else remote.Logging.STDOUT_AND_STDERR,
+        opts=pulumi.ResourceOptions(
+            parent=parent,
+            depends_on=[host.ready, *depends_on],
+            # A new VM behind the same node replaces its gate; every step on it must run again.
+            replace_with=[host.ready],
+            custom_timeouts=pulumi.CustomTimeouts(create=STEP_TIMEOUT, update=STEP_TIMEOUT),
+            additional_secret_outputs=["stdout", "stderr", "stdin"] if secret_stdin else None,
+        ),
+    )

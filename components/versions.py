@@ -1,0 +1,8 @@
+"""Default component versions; the Pulumi.yaml defaults and the pinned digests follow them."""
+
+KUBERNETES = "1.36.4"
+ETCD = "3.6.14"
+CONTAINERD = "2.3.4"
+RUNC = "1.4.3"
+CNI = "1.9.1"
+CRICTL = "1.36.0"

@@ -1,0 +1,253 @@
+"""Run the whole kthw program under Pulumi's mocks and record every resource it registers.
+
+The mock monitor is the real one from the SDK; this module only watches what passes through it:
+each resource's type, name, parent, dependencies, options and inputs (with which inputs were
+secret), and the stack outputs. tls and random resources get real values from tests/fake_tls.py,
+so certificates in the recording are real X.509 that tests can verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import runpy
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks, rpc, settings
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import fake_tls  # noqa: E402
+
+SECRET_SIG = rpc._special_secret_sig  # type: ignore[attr-defined]
+SIG_KEY = rpc._special_sig_key  # type: ignore[attr-defined]
+
+# A small cluster in a made-up project; tests override keys as they need.
+BASE_CONFIG: dict[str, str] = {
+    "gcp:project": "kthw-test",
+    "gcp:region": "us-west1",
+    "gcp:zone": "us-west1-c",
+}
+
+
+@dataclass
+class Recorded:
+    """One registered resource as the engine saw it."""
+
+    type: str
+    name: str
+    urn: str
+    parent: str | None
+    inputs: dict[str, Any]
+    secret_paths: set[str]
+    depends_on: set[str]
+    options: dict[str, Any]
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Recording:
+    """Everything one evaluation of the program registered."""
+
+    resources: list[Recorded]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+    warnings: list[str]
+    preview: bool
+
+    def by_name(self, name: str) -> Recorded:
+        matches = [r for r in self.resources if r.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} resources named {name!r}")
+        return matches[0]
+
+    def of_type(self, token: str) -> list[Recorded]:
+        return [r for r in self.resources if r.type == token]
+
+    def names(self) -> set[str]:
+        return {r.name for r in self.resources}
+
+    def ancestors(self, name: str) -> set[str]:
+        """Every resource `name` waits for, directly or through others (dependencies, not parents)."""
+        by_name = {r.name: r for r in self.resources}
+        seen: set[str] = set()
+        stack = list(by_name[name].depends_on)
+        while stack:
+            dep = stack.pop()
+            if dep in seen or dep not in by_name:
+                continue
+            seen.add(dep)
+            stack.extend(by_name[dep].depends_on)
+        return seen
+
+
+def _unwrap(value: Any, path: str, secrets: set[str]) -> Any:
+    """Strip secret markers from deserialized inputs, noting the top-level keys that held one."""
+    if isinstance(value, dict):
+        if value.get(SIG_KEY) == SECRET_SIG:
+            secrets.add(path)
+            return _unwrap(value.get("value"), path, secrets)
+        return {k: _unwrap(v, path, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v, path, secrets) for v in value]
+    return value
+
+
+def _fake_ip(name: str) -> str:
+    """A stable TEST-NET-3 address for an instance or static address, by its name."""
+    return str(ipaddress.ip_address("203.0.113.0") + (sum(name.encode()) % 250) + 1)
+
+
+class _Mocks(mocks.Mocks):
+    def __init__(self, preview: bool) -> None:
+        self.preview = preview
+
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        outputs = dict(args.inputs)
+        computed = fake_tls.new_resource(args.typ, args.inputs)
+        if computed is not None:
+            outputs.update(computed)
+        elif args.typ == "gcp:compute/address:Address":
+            outputs["address"] = _fake_ip(args.name)
+        elif args.typ == "gcp:compute/instance:Instance":
+            interfaces = outputs.get("networkInterfaces") or [{}]
+            interfaces[0]["accessConfigs"] = [{"natIp": _fake_ip(args.name)}]
+            outputs["networkInterfaces"] = interfaces
+            outputs["instanceId"] = f"{abs(hash(args.name)) % 10**12}"
+            outputs["selfLink"] = f"https://compute/{args.inputs.get('zone')}/instances/{args.name}"
+        elif args.typ.startswith("command:remote:Command"):
+            outputs.setdefault("stdout", "")
+            outputs.setdefault("stderr", "")
+        return f"{args.name}-id", outputs
+
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+class _RecordingMonitor(mocks.MockMonitor):
+    def __init__(self, mocks_: _Mocks) -> None:
+        super().__init__(mocks_)
+        self.recorded: list[Recorded] = []
+        self.urn_names: dict[str, str] = {}
+        self.stack_outputs: dict[str, Any] = {}
+        self.stack_secret_outputs: set[str] = set()
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        self.urn_names[response.urn] = request.name
+        secrets: set[str] = set()
+        raw = rpc.deserialize_properties(request.object, keep_unknowns=True, keep_internal=True)
+        inputs = {k: _unwrap(v, k, secrets) for k, v in (raw or {}).items()}
+        deps = set(request.dependencies)
+        for prop in request.propertyDependencies.values():
+            deps.update(prop.urns)
+        options = {
+            "delete_before_replace": request.deleteBeforeReplace,
+            "additional_secret_outputs": list(request.additionalSecretOutputs),
+            "custom_timeouts": {
+                "create": request.customTimeouts.create,
+                "update": request.customTimeouts.update,
+            },
+            "replace_on_changes": list(request.replaceOnChanges),
+            "replacement_trigger": _replacement_trigger(request),
+        }
+        state = self.resources.get(response.urn)
+        self.recorded.append(
+            Recorded(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                parent=request.parent or None,
+                inputs=inputs,
+                secret_paths=secrets,
+                depends_on=deps,
+                options=options,
+                outputs=dict(state.state) if state else {},
+            )
+        )
+        return response
+
+    def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802
+        if request.urn.endswith("::" + _stack_name()) or "pulumi:pulumi:Stack" in request.urn:
+            raw = rpc.deserialize_properties(request.outputs, keep_internal=True)
+            for key, value in (raw or {}).items():
+                secrets: set[str] = set()
+                self.stack_outputs[key] = _unwrap(value, key, secrets)
+                if secrets:
+                    self.stack_secret_outputs.add(key)
+        return super().RegisterResourceOutputs(request)
+
+
+def _replacement_trigger(request: Any) -> Any:
+    if not request.HasField("replacementTrigger"):
+        return None
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(request.replacementTrigger)
+
+
+def _stack_name() -> str:
+    return "kthw-test-stack"
+
+
+class _WarningLog:
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.warnings.append(msg)
+
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def run_program(config: Mapping[str, str] | None = None, *, preview: bool = False) -> Recording:
+    """Evaluate __main__.py with the given stack config (namespaced keys) and record it all.
+
+    Raises whatever the program raises (a ConfigError for bad config), after the runtime is reset.
+    """
+    full = {**BASE_CONFIG, **{k if ":" in k else f"kthw:{k}": v for k, v in (config or {}).items()}}
+    settings.reset_options()
+    pulumi.runtime.set_all_config(dict(full), secret_keys=[])
+    log = _WarningLog()
+    monitor = _RecordingMonitor(_Mocks(preview))
+    mocks.set_mocks(monitor.mocks, project="kthw", stack=_stack_name(), preview=preview, logger=log, monitor=monitor)  # type: ignore[arg-type]
+
+    def program() -> None:
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+        finally:
+            os.chdir(cwd)
+
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        _sync_await(pulumi.runtime.stack.run_in_stack(program))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+        pulumi.runtime.set_all_config({}, secret_keys=[])
+
+    names = monitor.urn_names
+    for rec in monitor.recorded:
+        rec.parent = names.get(rec.parent, rec.parent) if rec.parent else None
+        rec.depends_on = {names.get(d, d) for d in rec.depends_on}
+    return Recording(
+        resources=monitor.recorded,
+        outputs=monitor.stack_outputs,
+        secret_outputs=monitor.stack_secret_outputs,
+        warnings=log.warnings,
+        preview=preview,
+    )
