@@ -53,6 +53,6 @@ class Cluster(pulumi.ComponentResource):
         """name -> {internal_ip, external_ip} for the stack outputs."""
         return pulumi.Output.all(*[n.external_ip for n in nodes]).apply(
             lambda ips: {
-                n.spec.name: {"internal_ip": n.spec.internal_ip, "external_ip": ip} for n, ip in zip(nodes, ips)
+                n.spec.name: {"internal_ip": n.spec.internal_ip, "external_ip": ip} for n, ip in zip(nodes, ips, strict=True)
             }
         )

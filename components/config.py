@@ -108,10 +108,26 @@ class ClusterConfig:
 
 # Every kthw: key the program reads; Pulumi.yaml declares each with its type and default.
 KEYS = (
-    "controllerCount", "workerCount", "nodeCidr", "clusterCidr", "serviceCidr",
-    "machineType", "controllerMachineType", "workerMachineType", "image", "adminSourceRanges",
-    "kubernetesVersion", "etcdVersion", "containerdVersion", "runcVersion", "cniVersion", "crictlVersion",
-    "sshUser", "binaryMirror", "certValidityHours", "certRotation",
+    "controllerCount",
+    "workerCount",
+    "nodeCidr",
+    "clusterCidr",
+    "serviceCidr",
+    "machineType",
+    "controllerMachineType",
+    "workerMachineType",
+    "image",
+    "adminSourceRanges",
+    "kubernetesVersion",
+    "etcdVersion",
+    "containerdVersion",
+    "runcVersion",
+    "cniVersion",
+    "crictlVersion",
+    "sshUser",
+    "binaryMirror",
+    "certValidityHours",
+    "certRotation",
 )
 GCP_KEYS = ("project", "region", "zone")
 
@@ -146,18 +162,40 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     _no_overlap({"nodeCidr": node_net, "clusterCidr": cluster_net, "serviceCidr": service_net})
 
     if cluster_net.prefixlen > POD_CIDR_PREFIX:
-        raise ConfigError("clusterCidr", str(cluster_net), f"a prefix of /{POD_CIDR_PREFIX} or shorter: each worker takes a /{POD_CIDR_PREFIX}")
+        raise ConfigError(
+            "clusterCidr",
+            str(cluster_net),
+            f"a prefix of /{POD_CIDR_PREFIX} or shorter: each worker takes a /{POD_CIDR_PREFIX}",
+        )
     if service_net.num_addresses <= CLUSTER_DNS_HOST_OFFSET + 1:
-        raise ConfigError("serviceCidr", str(service_net), f"a range that holds the cluster DNS address (host .{CLUSTER_DNS_HOST_OFFSET}): /28 or larger")
+        raise ConfigError(
+            "serviceCidr",
+            str(service_net),
+            f"a range that holds the cluster DNS address (host .{CLUSTER_DNS_HOST_OFFSET}): /28 or larger",
+        )
 
-    controller_count = _count(cfg, "controllerCount", 3, MAX_CONTROLLERS, f"controllers sit at hosts .{CONTROLLER_HOST_OFFSET}-.{WORKER_HOST_OFFSET - 1} of nodeCidr")
+    controller_count = _count(
+        cfg,
+        "controllerCount",
+        3,
+        MAX_CONTROLLERS,
+        f"controllers sit at hosts .{CONTROLLER_HOST_OFFSET}-.{WORKER_HOST_OFFSET - 1} of nodeCidr",
+    )
     max_workers = min(
         node_net.num_addresses - GCE_RESERVED_TAIL - WORKER_HOST_OFFSET,
         2 ** (POD_CIDR_PREFIX - cluster_net.prefixlen),
     )
     if max_workers < 1:
-        raise ConfigError("nodeCidr", str(node_net), f"a range with room for workers from host .{WORKER_HOST_OFFSET}: /26 or larger")
-    worker_count = _count(cfg, "workerCount", 3, max_workers, f"nodeCidr {node_net} and clusterCidr {cluster_net} hold at most {max_workers} workers")
+        raise ConfigError(
+            "nodeCidr", str(node_net), f"a range with room for workers from host .{WORKER_HOST_OFFSET}: /26 or larger"
+        )
+    worker_count = _count(
+        cfg,
+        "workerCount",
+        3,
+        max_workers,
+        f"nodeCidr {node_net} and clusterCidr {cluster_net} hold at most {max_workers} workers",
+    )
 
     machine_type = _gce_name(cfg, "machineType", default="e2-standard-2")
     controller_machine_type = _gce_name(cfg, "controllerMachineType", default=machine_type)
@@ -165,7 +203,11 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
 
     image = str(cfg.get("image") or "ubuntu-os-cloud/ubuntu-2404-lts-amd64")
     if not _IMAGE.match(image):
-        raise ConfigError("image", image, "an image family or name, optionally as PROJECT/FAMILY (e.g. ubuntu-os-cloud/ubuntu-2404-lts-amd64)")
+        raise ConfigError(
+            "image",
+            image,
+            "an image family or name, optionally as PROJECT/FAMILY (e.g. ubuntu-os-cloud/ubuntu-2404-lts-amd64)",
+        )
 
     controllers = tuple(
         NodeSpec(f"controller-{i}", "controller", i, str(node_net[CONTROLLER_HOST_OFFSET + i]), controller_machine_type)
@@ -173,13 +215,17 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     )
     pod_cidrs = cluster_net.subnets(new_prefix=POD_CIDR_PREFIX)
     workers = tuple(
-        NodeSpec(f"worker-{i}", "worker", i, str(node_net[WORKER_HOST_OFFSET + i]), worker_machine_type, str(next(pod_cidrs)))
+        NodeSpec(
+            f"worker-{i}", "worker", i, str(node_net[WORKER_HOST_OFFSET + i]), worker_machine_type, str(next(pod_cidrs))
+        )
         for i in range(worker_count)
     )
 
     ssh_user = str(cfg.get("sshUser") or "kthw")
     if not _SSH_USER.match(ssh_user) or ssh_user == "root":
-        raise ConfigError("sshUser", ssh_user, "a Linux user name other than root: lowercase letters, digits, '_' and '-', at most 32")
+        raise ConfigError(
+            "sshUser", ssh_user, "a Linux user name other than root: lowercase letters, digits, '_' and '-', at most 32"
+        )
 
     mirror = cfg.get("binaryMirror") or None
     if mirror is not None and not re.match(r"^https?://[^\s/]+(/\S*)?$", str(mirror)):
@@ -190,7 +236,9 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         raise ConfigError("certValidityHours", validity, "between 24 hours and ten years (87600)")
     rotation = _int(cfg, "certRotation", 0)
     if rotation < 0:
-        raise ConfigError("certRotation", rotation, "a whole number >= 0; raise it by one to re-issue every leaf certificate")
+        raise ConfigError(
+            "certRotation", rotation, "a whole number >= 0; raise it by one to re-issue every leaf certificate"
+        )
 
     project = gcp.get("gcp:project")
     return ClusterConfig(
@@ -283,7 +331,9 @@ def _gce_name(cfg: Mapping[str, Any], key: str, default: str | None = None, requ
         raise ConfigError(key, None, f"required: set it with `pulumi config set {key} ...`")
     value = str(raw)
     if not _GCE_NAME.match(value):
-        raise ConfigError(key, value, "a GCE name: lowercase letters, digits and '-', starting with a letter, at most 63")
+        raise ConfigError(
+            key, value, "a GCE name: lowercase letters, digits and '-', starting with a letter, at most 63"
+        )
     return value
 
 

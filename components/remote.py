@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import remote
 
+from components.render import render
+
 # How long one bootstrap step may take (downloads, a cold systemd start) before `pulumi up` fails.
 STEP_TIMEOUT = "20m"
 
@@ -67,7 +69,7 @@ def bundle(files: Sequence[RemoteFile]) -> pulumi.Output[str]:
     paths = [f.path for f in files]
     modes = [f.mode for f in files]
     return pulumi.Output.all(*[f.content for f in files]).apply(
-        lambda contents: pack(list(zip(paths, [str(c) for c in contents], modes)))
+        lambda contents: pack(list(zip(paths, [str(c) for c in contents], modes, strict=True)))
     )
 
 
@@ -105,4 +107,50 @@ def run(
             custom_timeouts=pulumi.CustomTimeouts(create=STEP_TIMEOUT, update=STEP_TIMEOUT),
             additional_secret_outputs=["stdout", "stderr", "stdin"] if secret_stdin else None,
         ),
+    )
+
+
+def deploy_script(
+    node: str, step: str, files: Sequence[RemoteFile], units: Sequence[str] = (), *, no_block: bool = False
+) -> str:
+    """The script of a deploy step: install `files` from a tar on stdin, then (re)start `units`."""
+    return render(
+        "common/deploy.sh",
+        node=node,
+        step=step,
+        units=" ".join(units),
+        files="\n".join(f"{f.path} {f.mode:o}" for f in files),
+        # etcd's first member blocks in `start` until a quorum exists; --no-block lets every
+        # member start at once instead of one waiting on the next.
+        restart_flags="--no-block" if no_block else "",
+    )
+
+
+def deploy(
+    resource_name: str,
+    host: Host,
+    *,
+    parent: pulumi.Resource,
+    step: str,
+    files: Sequence[RemoteFile],
+    units: Sequence[str] = (),
+    no_block: bool = False,
+    secret: bool = True,
+    triggers: Sequence[pulumi.Input[object]] | None = None,
+    depends_on: Sequence[pulumi.Resource] = (),
+) -> remote.Command:
+    """Place one service's files on a node and (re)start the service when any of them changed.
+
+    One deploy per service keeps restarts local: a new kubelet config restarts the kubelet and
+    nothing else. The bundle is secret by default since most steps carry a private key.
+    """
+    return run(
+        resource_name,
+        host,
+        deploy_script(host.name, step, files, units, no_block=no_block),
+        parent=parent,
+        stdin=bundle(files),
+        secret_stdin=secret,
+        triggers=triggers,
+        depends_on=depends_on,
     )

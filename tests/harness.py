@@ -112,7 +112,7 @@ class _Mocks(mocks.Mocks):
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         outputs = dict(args.inputs)
-        computed = fake_tls.new_resource(args.typ, args.inputs)
+        computed = fake_tls.new_resource(args.typ, args.name, args.inputs)
         if computed is not None:
             outputs.update(computed)
         elif args.typ == "gcp:compute/address:Address":
@@ -160,6 +160,7 @@ class _RecordingMonitor(mocks.MockMonitor):
             },
             "replace_on_changes": list(request.replaceOnChanges),
             "replacement_trigger": _replacement_trigger(request),
+            "replace_with": list(request.replace_with),
         }
         state = self.resources.get(response.urn)
         self.recorded.append(
@@ -178,7 +179,8 @@ class _RecordingMonitor(mocks.MockMonitor):
         return response
 
     def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802
-        if request.urn.endswith("::" + _stack_name()) or "pulumi:pulumi:Stack" in request.urn:
+        # urn:pulumi:STACK::PROJECT::TYPE::NAME, where TYPE is the chain of parent types.
+        if request.urn.split("::")[2] == "pulumi:pulumi:Stack":
             raw = rpc.deserialize_properties(request.outputs, keep_internal=True)
             for key, value in (raw or {}).items():
                 secrets: set[str] = set()
@@ -189,11 +191,11 @@ class _RecordingMonitor(mocks.MockMonitor):
 
 
 def _replacement_trigger(request: Any) -> Any:
-    if not request.HasField("replacementTrigger"):
+    if not request.HasField("replacement_trigger"):
         return None
     from google.protobuf import json_format
 
-    return json_format.MessageToDict(request.replacementTrigger)
+    return json_format.MessageToDict(request.replacement_trigger)
 
 
 def _stack_name() -> str:
@@ -211,30 +213,43 @@ class _WarningLog:
         return lambda *args, **kwargs: None
 
 
+def _run_main() -> None:
+    """Run __main__.py as the Pulumi CLI would: as __main__, from the project directory."""
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    finally:
+        os.chdir(cwd)
+
+
 def run_program(config: Mapping[str, str] | None = None, *, preview: bool = False) -> Recording:
     """Evaluate __main__.py with the given stack config (namespaced keys) and record it all.
 
     Raises whatever the program raises (a ConfigError for bad config), after the runtime is reset.
     """
     full = {**BASE_CONFIG, **{k if ":" in k else f"kthw:{k}": v for k, v in (config or {}).items()}}
+    # The runtime's futures bind to the event loop current when they are made, and set_mocks
+    # already makes the root stack: the loop must be in place first.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     settings.reset_options()
     pulumi.runtime.set_all_config(dict(full), secret_keys=[])
     log = _WarningLog()
     monitor = _RecordingMonitor(_Mocks(preview))
-    mocks.set_mocks(monitor.mocks, project="kthw", stack=_stack_name(), preview=preview, logger=log, monitor=monitor)  # type: ignore[arg-type]
-
-    def program() -> None:
-        cwd = os.getcwd()
-        os.chdir(ROOT)
-        try:
-            runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
-        finally:
-            os.chdir(cwd)
-
-    loop = asyncio.new_event_loop()
     try:
-        asyncio.set_event_loop(loop)
-        _sync_await(pulumi.runtime.stack.run_in_stack(program))
+        mocks.set_mocks(
+            monitor.mocks,  # type: ignore[arg-type]
+            project="kthw",
+            stack=_stack_name(),
+            preview=preview,
+            logger=log,  # type: ignore[arg-type]
+            monitor=monitor,
+        )
+        # set_mocks makes and finishes a root stack of its own; drop it so that run_in_stack's
+        # stack, like the CLI's, is the one that collects `pulumi.export`s.
+        settings.set_root_resource(None)  # type: ignore[arg-type]
+        _sync_await(pulumi.runtime.stack.run_in_stack(_run_main))
     finally:
         asyncio.set_event_loop(None)
         loop.close()
@@ -242,8 +257,9 @@ def run_program(config: Mapping[str, str] | None = None, *, preview: bool = Fals
 
     names = monitor.urn_names
     for rec in monitor.recorded:
-        rec.parent = names.get(rec.parent, rec.parent) if rec.parent else None
+        rec.parent = names.get(rec.parent) if rec.parent else None  # the root stack becomes None
         rec.depends_on = {names.get(d, d) for d in rec.depends_on}
+        rec.options["replace_with"] = [names.get(u, u) for u in rec.options["replace_with"]]
     return Recording(
         resources=monitor.recorded,
         outputs=monitor.stack_outputs,

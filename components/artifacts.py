@@ -1,0 +1,151 @@
+"""Downloaded binaries: where each comes from, its SHA-256, where it installs, and the script that installs it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from components import versions
+from components.config import ClusterConfig
+from components.render import render
+
+BIN_DIR = "/usr/local/bin"
+CNI_BIN_DIR = "/opt/cni/bin"
+
+# Every artifact a node may ask for, in the order the script installs them.
+NAMES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+    "kubelet",
+    "kube-proxy",
+    "containerd",
+    "runc",
+    "cni-plugins",
+    "crictl",
+)
+KUBERNETES_BINARIES = frozenset(
+    {"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy"}
+)
+
+# Digests of the default versions, pinned so a compromised mirror cannot also forge the checksum
+# file beside the binary (values as kubespray's checksums publish them). Any other version is
+# checked against the checksum file its project publishes next to the release.
+PINNED: dict[tuple[str, str], str] = {
+    ("kubectl", versions.KUBERNETES): "8b8f088da2dab964f853b38464033b1be15ede2839eca751482357c45abdd05a",
+    ("kubelet", versions.KUBERNETES): "cf2562db46c48ab84cc3791540778ee7fb1a0a008529adbb434723dd02ed8b4b",
+    ("etcd", versions.ETCD): "ffe840ff9295808e88cce2794a18a5ac87f12a5203c8314d0bf6aa119b41bac5",
+    ("containerd", versions.CONTAINERD): "9d68969855fbf676cdb8ed758e420fb048d61f984f61de3e53eddfebe484d168",
+    ("runc", versions.RUNC): "f6ae8efc0fa40079e1475e97cbe9d1bd3f106a28d6af78a11d9f1bd565515e60",
+    ("cni-plugins", versions.CNI): "b98f74a0f8522f0a83867178729c1aa70f2158f90c45a2ca8fa791db1c76b303",
+    ("crictl", versions.CRICTL): "83855e114566a8a8c44c548d515670f51de3a5e1da8b2effb59870e2f10c25a3",
+}
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One download: its URL, how to check it, and which files it puts where.
+
+    `checksum` is either a pinned SHA-256 or the URL of the published checksum file.
+    kind "file" installs the download itself as `members[0]`; kind "tar" installs the listed
+    tarball members (`dir/*` meaning every executable file directly in dir), each under its basename.
+    """
+
+    name: str
+    version: str
+    kind: str
+    url: str
+    checksum: str
+    dest: str
+    members: tuple[str, ...]
+
+    @property
+    def pinned(self) -> bool:
+        return bool(_DIGEST.match(self.checksum))
+
+
+def _mirrored(config: ClusterConfig, url: str) -> str:
+    """With a binary mirror, https://host/path is fetched as <mirror>/host/path (air-gapped installs)."""
+    if config.binary_mirror is None:
+        return url
+    return f"{config.binary_mirror}/{url.removeprefix('https://')}"
+
+
+def _upstream(config: ClusterConfig, name: str) -> tuple[str, str, str, str, str, tuple[str, ...]]:
+    """(version, kind, url, checksum file url, dest, members) as each project publishes its release."""
+    v = config.versions
+    if name in KUBERNETES_BINARIES:
+        url = f"https://dl.k8s.io/v{v.kubernetes}/bin/linux/amd64/{name}"
+        return v.kubernetes, "file", url, f"{url}.sha256", BIN_DIR, (name,)
+    if name == "etcd":
+        base = f"https://github.com/etcd-io/etcd/releases/download/v{v.etcd}"
+        top = f"etcd-v{v.etcd}-linux-amd64"
+        members = tuple(f"{top}/{b}" for b in ("etcd", "etcdctl", "etcdutl"))
+        return v.etcd, "tar", f"{base}/{top}.tar.gz", f"{base}/SHA256SUMS", BIN_DIR, members
+    if name == "containerd":
+        tarball = (
+            f"https://github.com/containerd/containerd/releases/download/v{v.containerd}/"
+            f"containerd-{v.containerd}-linux-amd64.tar.gz"
+        )
+        return v.containerd, "tar", tarball, f"{tarball}.sha256sum", BIN_DIR, ("bin/*",)
+    if name == "runc":
+        base = f"https://github.com/opencontainers/runc/releases/download/v{v.runc}"
+        return v.runc, "file", f"{base}/runc.amd64", f"{base}/runc.sha256sum", BIN_DIR, ("runc",)
+    if name == "cni-plugins":
+        tgz = (
+            f"https://github.com/containernetworking/plugins/releases/download/v{v.cni}/"
+            f"cni-plugins-linux-amd64-v{v.cni}.tgz"
+        )
+        # The tarball also holds LICENSE and README.md; "*" takes only the executables.
+        return v.cni, "tar", tgz, f"{tgz}.sha256", CNI_BIN_DIR, ("*",)
+    if name == "crictl":
+        tarball = (
+            f"https://github.com/kubernetes-sigs/cri-tools/releases/download/v{v.crictl}/"
+            f"crictl-v{v.crictl}-linux-amd64.tar.gz"
+        )
+        return v.crictl, "tar", tarball, f"{tarball}.sha256", BIN_DIR, ("crictl",)
+    raise KeyError(f"unknown artifact {name!r}; known: {', '.join(NAMES)}")
+
+
+def artifact(config: ClusterConfig, name: str) -> Artifact:
+    """The artifact `name` at the version config asks for, fetched from the mirror when one is set."""
+    version, kind, url, checksum_url, dest, members = _upstream(config, name)
+    pinned = PINNED.get((name, version))
+    return Artifact(
+        name=name,
+        version=version,
+        kind=kind,
+        url=_mirrored(config, url),
+        checksum=pinned if pinned else _mirrored(config, checksum_url),
+        dest=dest,
+        members=members,
+    )
+
+
+def manifest_line(a: Artifact) -> str:
+    """One line of the script's manifest: name version kind url checksum dest members (comma-separated)."""
+    fields = (a.name, a.version, a.kind, a.url, a.checksum, a.dest, ",".join(a.members))
+    for f in fields:
+        if not f or any(c.isspace() for c in f):
+            raise ValueError(f"artifact {a.name}: field {f!r} is empty or holds whitespace")
+    return " ".join(fields)
+
+
+def install_script(config: ClusterConfig, node: str, names: Sequence[str]) -> str:
+    """A bash script that downloads, verifies (SHA-256) and installs `names` on `node`, idempotently."""
+    if not names:
+        raise ValueError("install_script needs at least one artifact name")
+    unknown = [n for n in names if n not in NAMES]
+    if unknown:
+        raise KeyError(f"unknown artifacts {unknown}; known: {', '.join(NAMES)}")
+    ordered = [n for n in NAMES if n in set(names)]
+    return render(
+        "common/install-binaries.sh",
+        node=node,
+        manifest="\n".join(manifest_line(artifact(config, n)) for n in ordered),
+    )

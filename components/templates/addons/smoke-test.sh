@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# kthw: {{ node }}: smoke test: KTHW ch. 13 from a controller: nodes, encryption at rest, a
+# deployment, exec and logs through the kubelet, and cluster DNS. The manifests arrive on stdin.
+# Every check is bounded; re-running the test replaces its objects, so it is idempotent.
+set -euo pipefail
+
+node="{{ node }}"
+workers=({{ workers }})
+service_ip="{{ service_ip }}"
+dns_ip="{{ dns_ip }}"
+secret="{{ secret }}"
+deployment="{{ deployment }}"
+dns_pod="{{ dns_pod }}"
+encryption_prefix="{{ encryption_prefix }}"
+
+fail() {
+  echo "kthw: ${node}: smoke test: $*" >&2
+  exit 1
+}
+
+kubectl_admin() {
+  sudo /usr/local/bin/kubectl --kubeconfig /var/lib/kubernetes/admin.kubeconfig "$@"
+}
+
+manifests="$(cat)"
+[ -n "${manifests}" ] || fail "setup: no manifests on stdin"
+
+# 1. Every worker registered and Ready (a fresh kubelet needs a moment after its first start).
+for worker in "${workers[@]}"; do
+  status=""
+  for _ in $(seq 1 60); do
+    status="$(kubectl_admin get node "${worker}" \
+      -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)"
+    [ "${status}" = "True" ] && break
+    sleep 5
+  done
+  [ "${status}" = "True" ] || fail "nodes: ${worker} is not Ready after 5 minutes (Ready=${status:-unregistered})"
+  echo "kthw: ${node}: smoke test: nodes: ${worker} is Ready"
+done
+
+# 2. Data encryption (KTHW ch. 13): a secret is stored in etcd under the aescbc provider's prefix.
+#    Only the prefix is compared; the stored value is never printed.
+kubectl_admin create secret generic "${secret}" --from-literal=mykey=mydata --dry-run=client -o yaml \
+  | kubectl_admin apply -f - >/dev/null || fail "encryption: could not create secret ${secret}"
+stored="$(mktemp)"
+trap 'rm -f "${stored}"' EXIT
+# The file is ours (mktemp); only etcdctl needs root, for the etcd client key.
+# shellcheck disable=SC2024
+sudo ETCDCTL_API=3 /usr/local/bin/etcdctl get "/registry/secrets/default/${secret}" --print-value-only \
+  --endpoints=https://127.0.0.1:2379 \
+  --cacert=/etc/etcd/ca.pem \
+  --cert=/etc/etcd/kubernetes.pem \
+  --key=/etc/etcd/kubernetes-key.pem >"${stored}" || fail "encryption: etcdctl get failed"
+actual_prefix="$(head -c "${#encryption_prefix}" "${stored}" | tr -c '[:print:]' '?')"
+[ "${actual_prefix}" = "${encryption_prefix}" ] \
+  || fail "encryption: secret ${secret} is stored with prefix '${actual_prefix}', want '${encryption_prefix}'"
+echo "kthw: ${node}: smoke test: encryption: secret ${secret} is stored as ${encryption_prefix}..."
+
+# 3. Deployments: the DNS probe pod runs once per test, so an old one goes first (pods are immutable).
+kubectl_admin delete pod "${dns_pod}" --ignore-not-found --wait=true >/dev/null \
+  || fail "dns: could not delete the previous ${dns_pod}"
+printf '%s\n' "${manifests}" | kubectl_admin apply -f - >/dev/null || fail "deployment: kubectl apply failed"
+kubectl_admin rollout status "deployment/${deployment}" --timeout=300s \
+  || fail "deployment: ${deployment} did not become ready: $(kubectl_admin get pods -o wide 2>&1 || true)"
+
+# 4. Exec and logs go API server -> kubelet: they prove the kube-apiserver-to-kubelet RBAC (KTHW ch. 8).
+kubectl_admin exec "deployment/${deployment}" -- nginx -v >/dev/null 2>&1 \
+  || fail "exec: kubectl exec into ${deployment} failed (kubelet authorization?)"
+kubectl_admin logs "deployment/${deployment}" --tail=1 >/dev/null \
+  || fail "logs: kubectl logs of ${deployment} failed (kubelet authorization?)"
+echo "kthw: ${node}: smoke test: deployment: ${deployment} is ready; exec and logs work"
+
+# 5. DNS (KTHW ch. 12): the probe pod resolves kubernetes.default through the cluster DNS service.
+phase=""
+for _ in $(seq 1 60); do
+  phase="$(kubectl_admin get pod "${dns_pod}" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
+  case "${phase}" in
+    Succeeded | Failed) break ;;
+  esac
+  sleep 5
+done
+lookup="$(kubectl_admin logs "${dns_pod}" 2>&1 || true)"
+[ "${phase}" = "Succeeded" ] || fail "dns: ${dns_pod} ended in phase '${phase:-Pending}': ${lookup}"
+grep -qF "${dns_ip}" <<<"${lookup}" || fail "dns: the lookup did not use the cluster DNS ${dns_ip}: ${lookup}"
+grep -qF "${service_ip}" <<<"${lookup}" \
+  || fail "dns: kubernetes.default did not resolve to ${service_ip}: ${lookup}"
+echo "kthw: ${node}: smoke test: dns: kubernetes.default -> ${service_ip} via ${dns_ip}"

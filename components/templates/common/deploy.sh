@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# kthw: {{ node }}: {{ step }}: install this step's files, then (re)start its services.
+# The files arrive on stdin as a base64 tar, so no certificate or key is ever part of a command
+# line. A file is rewritten only when its content or mode differs, and a service restarts only
+# when one of its own files changed or it is not running: re-running the step is harmless.
+set -euo pipefail
+
+node="{{ node }}"
+step="{{ step }}"
+units=({{ units }})
+
+fail() {
+  echo "kthw: ${node}: ${step}: $*" >&2
+  exit 1
+}
+
+staging="$(mktemp -d)"
+trap 'rm -rf "${staging}"' EXIT
+base64 -d | tar -x -C "${staging}" --no-same-owner || fail "could not unpack the files from stdin"
+
+changed=0
+units_changed=0
+while read -r path mode; do
+  source_file="${staging}/${path#/}"
+  [ -f "${source_file}" ] || fail "${path} is missing from the bundle"
+  if sudo test -f "${path}" && sudo cmp -s "${source_file}" "${path}" \
+    && [ "$(sudo stat -c %a "${path}")" = "${mode}" ]; then
+    continue
+  fi
+  sudo install -D -o root -g root -m "${mode}" "${source_file}" "${path}" || fail "could not install ${path}"
+  changed=1
+  case "${path}" in
+    *.service) units_changed=1 ;;
+  esac
+done <<'FILES'
+{{ files }}
+FILES
+
+if [ "${units_changed}" = 1 ]; then
+  sudo systemctl daemon-reload || fail "systemctl daemon-reload failed"
+fi
+
+for unit in "${units[@]}"; do
+  sudo systemctl enable --quiet "${unit}" || fail "could not enable ${unit}"
+  if [ "${changed}" = 1 ] || ! sudo systemctl is-active --quiet "${unit}"; then
+    sudo systemctl restart {{ restart_flags }} "${unit}" \
+      || fail "${unit} did not start: $(sudo journalctl -u "${unit}" -n 20 --no-pager 2>&1 || true)"
+  fi
+done
+echo "kthw: ${node}: ${step}: done"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# kthw: {{ node }}: wait until this worker's services run and its node is Ready,
+# so `pulumi up` ends with a usable worker or names the one that is not.
+set -euo pipefail
+
+node="{{ node }}"
+units=({{ units }})
+deadline=$((SECONDS + {{ timeout_seconds }}))
+
+fail() {
+  echo "kthw: ${node}: worker start: $*" >&2
+  for unit in "${units[@]}"; do
+    sudo systemctl status --no-pager --lines=0 "${unit}" >&2 || true
+    sudo journalctl -u "${unit}" -n 25 --no-pager >&2 || true
+  done
+  exit 1
+}
+
+for unit in "${units[@]}"; do
+  until sudo systemctl is-active --quiet "${unit}"; do
+    [ "${SECONDS}" -lt "${deadline}" ] || fail "${unit} is not active"
+    sleep 2
+  done
+done
+
+# The node authorizer lets a kubelet read its own Node object, so its own kubeconfig can check that
+# the node registered and reports Ready (containerd and the CNI conf work).
+while :; do
+  ready="$(sudo /usr/local/bin/kubectl --kubeconfig {{ kubeconfig }} get node "${node}" \
+    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)"
+  [ "${ready}" != "True" ] || break
+  [ "${SECONDS}" -lt "${deadline}" ] || fail "node ${node} is not Ready in the API server (Ready=${ready:-unregistered})"
+  sleep 3
+done
+echo "kthw: ${node}: worker start: ${units[*]} active; node Ready"
