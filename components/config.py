@@ -306,6 +306,8 @@ def _count(cfg: Mapping[str, Any], key: str, default: int, maximum: int, why: st
 
 def _network(cfg: Mapping[str, Any], key: str, default: str) -> ipaddress.IPv4Network:
     raw = cfg.get(key) or default
+    if "/" not in str(raw):  # ip_network would read a bare address as a /32
+        raise ConfigError(key, raw, "an IPv4 CIDR with a prefix length, like 10.240.0.0/24")
     try:
         net = ipaddress.ip_network(str(raw), strict=True)
     except ValueError:

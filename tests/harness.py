@@ -250,6 +250,10 @@ def run_program(config: Mapping[str, str] | None = None, *, preview: bool = Fals
         # stack, like the CLI's, is the one that collects `pulumi.export`s.
         settings.set_root_resource(None)  # type: ignore[arg-type]
         _sync_await(pulumi.runtime.stack.run_in_stack(_run_main))
+    except Exception as error:
+        # What had been registered when the program failed: tests assert it is nothing.
+        error.registered = [r.name for r in monitor.recorded]  # type: ignore[attr-defined]
+        raise
     finally:
         asyncio.set_event_loop(None)
         loop.close()
@@ -267,3 +271,24 @@ def run_program(config: Mapping[str, str] | None = None, *, preview: bool = Fals
         warnings=log.warnings,
         preview=preview,
     )
+
+
+_CACHE: dict[tuple[tuple[tuple[str, str], ...], bool], Recording] = {}
+
+
+def cached(config: Mapping[str, str] | None = None, *, preview: bool = False) -> Recording:
+    """run_program, once per (config, mode) for the whole test session; treat the result as read-only."""
+    key = (tuple(sorted((config or {}).items())), preview)
+    if key not in _CACHE:
+        _CACHE[key] = run_program(config, preview=preview)
+    return _CACHE[key]
+
+
+def stack_config(stack: str) -> dict[str, str]:
+    """A stack file's config as the CLI hands it to the program: strings, lists as JSON."""
+    import json
+
+    import yaml
+
+    raw = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return {key: json.dumps(value) if isinstance(value, list | dict) else str(value) for key, value in raw.items()}

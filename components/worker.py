@@ -1,0 +1,296 @@
+"""The worker bootstrap (KTHW ch. 9): containerd, runc, CNI plugins, kubelet and kube-proxy on one worker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import yaml
+
+from components import artifacts, remote
+from components.config import ClusterConfig, NodeSpec
+from components.kubeconfig import KUBE_PROXY_USER, kubeconfig_output, kubelet_user
+from components.pki import CertPair
+from components.render import render
+
+# Node file paths (the brief's fixed contract).
+CA_PATH = "/var/lib/kubernetes/ca.pem"
+KUBELET_CERT = "/var/lib/kubelet/kubelet.pem"
+KUBELET_KEY = "/var/lib/kubelet/kubelet-key.pem"
+KUBELET_KUBECONFIG = "/var/lib/kubelet/kubeconfig"
+KUBELET_CONFIG = "/var/lib/kubelet/kubelet-config.yaml"
+KUBE_PROXY_KUBECONFIG = "/var/lib/kube-proxy/kubeconfig"
+KUBE_PROXY_CONFIG = "/var/lib/kube-proxy/kube-proxy-config.yaml"
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+CNI_CONF_DIR = "/etc/cni/net.d"
+CNI_BRIDGE_CONF = f"{CNI_CONF_DIR}/10-bridge.conf"
+CNI_LOOPBACK_CONF = f"{CNI_CONF_DIR}/99-loopback.conf"
+CNI_BIN_DIR = artifacts.CNI_BIN_DIR
+RUNC_PATH = f"{artifacts.BIN_DIR}/runc"
+UNIT_DIR = "/etc/systemd/system"
+CONTAINERD_ENDPOINT = "unix:///var/run/containerd/containerd.sock"
+# The kubelet's resolvConf: a link prepare.sh points at systemd-resolved's upstream list where
+# resolved runs (Ubuntu; its 127.0.0.53 stub is unreachable from pods, which would make CoreDNS
+# forward to itself) and at /etc/resolv.conf where it does not (Debian 12 has no
+# /run/systemd/resolve/resolv.conf, and a missing resolvConf fails every pod sandbox).
+RESOLV_CONF = "/var/lib/kubelet/resolv.conf"
+
+# KTHW ch. 9's OS packages: socat for `kubectl port-forward`, conntrack and ipset for kube-proxy.
+PACKAGES = ("socat", "conntrack", "ipset")
+KERNEL_MODULES = ("overlay", "br_netfilter")
+SYSCTLS = (("net.bridge.bridge-nf-call-iptables", "1"), ("net.ipv4.ip_forward", "1"))
+ARTIFACTS = ("containerd", "runc", "cni-plugins", "crictl", "kubelet", "kube-proxy", "kubectl")
+# The CNI spec version KTHW uses; CNI plugins 1.9 and containerd 2.x's libcni read 0.1.0 through 1.1.0.
+CNI_SPEC_VERSION = "1.0.0"
+# How long the ready check waits for the services and for the node to report Ready.
+READY_TIMEOUT_SECONDS = 300
+
+
+# --- pure renderers: config in, file content out (tests call these directly) --------------------
+
+
+def _pod_cidr(spec: NodeSpec) -> str:
+    if spec.role != "worker" or not spec.pod_cidr:
+        raise ValueError(f"{spec.name} is not a worker with a pod CIDR")
+    return spec.pod_cidr
+
+
+def render_cni_bridge(spec: NodeSpec) -> str:
+    """10-bridge.conf: pods on the cni0 bridge, addresses from the worker's pod CIDR, NAT to the outside."""
+    conf = {
+        "cniVersion": CNI_SPEC_VERSION,
+        "name": "bridge",
+        "type": "bridge",
+        "bridge": "cni0",
+        "isGateway": True,
+        "ipMasq": True,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": _pod_cidr(spec)}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+        },
+    }
+    return json.dumps(conf, indent=2) + "\n"
+
+
+def render_cni_loopback() -> str:
+    """99-loopback.conf: the pod's lo interface."""
+    return json.dumps({"cniVersion": CNI_SPEC_VERSION, "name": "lo", "type": "loopback"}, indent=2) + "\n"
+
+
+def render_containerd_config() -> str:
+    """/etc/containerd/config.toml for containerd 2.x (config version 3).
+
+    A template rather than a dict: the file is static apart from three paths, TOML is outside the
+    dicts-for-YAML/JSON rule, and a stdlib TOML writer does not exist (tomllib only reads); tests
+    parse the result with tomllib.
+    """
+    return render(
+        "worker/containerd-config.toml", runc_path=RUNC_PATH, cni_bin_dir=CNI_BIN_DIR, cni_conf_dir=CNI_CONF_DIR
+    )
+
+
+def kubelet_config(config: ClusterConfig, spec: NodeSpec) -> dict[str, Any]:
+    """The worker's KubeletConfiguration as a dict."""
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": CA_PATH},
+        },
+        "authorization": {"mode": "Webhook"},
+        "cgroupDriver": "systemd",  # matches SystemdCgroup in containerd's config
+        "clusterDomain": "cluster.local",
+        "clusterDNS": [config.cluster_dns_ip],
+        "containerRuntimeEndpoint": CONTAINERD_ENDPOINT,
+        "failSwapOn": True,  # prepare.sh turns swap off
+        "podCIDR": _pod_cidr(spec),
+        # In the config, not as --register-node: kubelet flags that have a config field are deprecated.
+        "registerNode": True,
+        "resolvConf": RESOLV_CONF,
+        "runtimeRequestTimeout": "15m",
+        "tlsCertFile": KUBELET_CERT,
+        "tlsPrivateKeyFile": KUBELET_KEY,
+    }
+
+
+def render_kubelet_config(config: ClusterConfig, spec: NodeSpec) -> str:
+    """/var/lib/kubelet/kubelet-config.yaml."""
+    return yaml.safe_dump(kubelet_config(config, spec), sort_keys=False)
+
+
+def render_kube_proxy_config(config: ClusterConfig) -> str:
+    """/var/lib/kube-proxy/kube-proxy-config.yaml."""
+    conf = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": KUBE_PROXY_KUBECONFIG},
+        "mode": "iptables",
+        "clusterCIDR": config.cluster_cidr,
+    }
+    return yaml.safe_dump(conf, sort_keys=False)
+
+
+def render_containerd_unit(config: ClusterConfig) -> str:
+    """containerd.service; its version comment restarts containerd when the version changes."""
+    return render("worker/containerd.service", version=config.versions.containerd)
+
+
+def render_kubelet_unit(config: ClusterConfig) -> str:
+    """kubelet.service: every setting but the two paths lives in kubelet-config.yaml."""
+    return render(
+        "worker/kubelet.service",
+        version=config.versions.kubernetes,
+        config_path=KUBELET_CONFIG,
+        kubeconfig_path=KUBELET_KUBECONFIG,
+    )
+
+
+def render_kube_proxy_unit(config: ClusterConfig) -> str:
+    """kube-proxy.service."""
+    return render("worker/kube-proxy.service", version=config.versions.kubernetes, config_path=KUBE_PROXY_CONFIG)
+
+
+def render_prepare_script(spec: NodeSpec) -> str:
+    """prepare.sh: packages, swap off, kernel modules, sysctls and the kubelet's resolv.conf link."""
+    return render(
+        "worker/prepare.sh",
+        node=spec.name,
+        packages=" ".join(PACKAGES),
+        modules=" ".join(KERNEL_MODULES),
+        sysctls=" ".join(f"{key}={value}" for key, value in SYSCTLS),
+        resolv_conf=RESOLV_CONF,
+    )
+
+
+def render_ready_script(spec: NodeSpec) -> str:
+    """ready.sh: wait for containerd, kubelet and kube-proxy, then for the node to be Ready."""
+    return render(
+        "worker/ready.sh",
+        node=spec.name,
+        units="containerd kubelet kube-proxy",
+        timeout_seconds=READY_TIMEOUT_SECONDS,
+        kubeconfig=KUBELET_KUBECONFIG,
+    )
+
+
+# --- the component ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerArgs:
+    """One worker's config, where to run, the API's public address, its certificates, and what to wait for."""
+
+    config: ClusterConfig
+    spec: NodeSpec
+    host: remote.Host
+    public_address: pulumi.Input[str]
+    ca: CertPair
+    kubelet: CertPair
+    kube_proxy: CertPair
+    # The control plane and its front end: kubelets and kube-proxies start after them.
+    control_plane_ready: Sequence[pulumi.Resource]
+
+
+def _fingerprint(files: Sequence[remote.RemoteFile]) -> pulumi.Output[str]:
+    """A SHA-256 of a step's files, not secret: a digest reveals nothing of the keys inside."""
+    digest = remote.bundle(files).apply(lambda packed: hashlib.sha256(packed.encode()).hexdigest())
+    return pulumi.Output.unsecret(digest)
+
+
+class WorkerNode(pulumi.ComponentResource):
+    """Bootstraps one worker: prerequisites, binaries, then one deploy per service, then a ready check."""
+
+    def __init__(self, name: str, args: WorkerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("kthw:index:WorkerNode", name, None, opts)
+        cfg, spec, host = args.config, args.spec, args.host
+
+        # Neither needs the control plane: they run while it bootstraps.
+        prepare = remote.run(f"{name}-prepare", host, render_prepare_script(spec), parent=self)
+        # After prepare, so the installer never races apt-get for the dpkg lock.
+        binaries = remote.run(
+            f"{name}-binaries",
+            host,
+            artifacts.install_script(cfg, spec.name, ARTIFACTS),
+            parent=self,
+            depends_on=[prepare],
+        )
+
+        # The CNI confs go with containerd: its CRI plugin, not the kubelet, reads them.
+        containerd_files = [
+            remote.RemoteFile(CONTAINERD_CONFIG, render_containerd_config()),
+            remote.RemoteFile(CNI_BRIDGE_CONF, render_cni_bridge(spec)),
+            remote.RemoteFile(CNI_LOOPBACK_CONF, render_cni_loopback()),
+            remote.RemoteFile(f"{UNIT_DIR}/containerd.service", render_containerd_unit(cfg)),
+        ]
+        containerd = remote.deploy(
+            f"{name}-containerd",
+            host,
+            parent=self,
+            step="containerd",
+            files=containerd_files,
+            units=["containerd"],
+            secret=False,  # no key material: keep its output readable
+            depends_on=[binaries],
+        )
+
+        server = pulumi.Output.concat("https://", args.public_address, ":6443")
+        kubelet_files = [
+            remote.RemoteFile(CA_PATH, args.ca.cert_pem),
+            remote.RemoteFile(KUBELET_CERT, args.kubelet.cert_pem),
+            remote.RemoteFile(KUBELET_KEY, pulumi.Output.secret(args.kubelet.key_pem), 0o600),
+            remote.RemoteFile(
+                KUBELET_KUBECONFIG,
+                kubeconfig_output(server=server, user=kubelet_user(spec.name), ca=args.ca, client=args.kubelet),
+                0o600,
+            ),
+            remote.RemoteFile(KUBELET_CONFIG, render_kubelet_config(cfg, spec)),
+            remote.RemoteFile(f"{UNIT_DIR}/kubelet.service", render_kubelet_unit(cfg)),
+        ]
+        # The kubelet registers its node on start, so it waits for the API behind the public address.
+        kubelet = remote.deploy(
+            f"{name}-kubelet",
+            host,
+            parent=self,
+            step="kubelet",
+            files=kubelet_files,
+            units=["kubelet"],
+            depends_on=[containerd, *args.control_plane_ready],
+        )
+
+        kube_proxy_files = [
+            remote.RemoteFile(
+                KUBE_PROXY_KUBECONFIG,
+                kubeconfig_output(server=server, user=KUBE_PROXY_USER, ca=args.ca, client=args.kube_proxy),
+                0o600,
+            ),
+            remote.RemoteFile(KUBE_PROXY_CONFIG, render_kube_proxy_config(cfg)),
+            remote.RemoteFile(f"{UNIT_DIR}/kube-proxy.service", render_kube_proxy_unit(cfg)),
+        ]
+        kube_proxy = remote.deploy(
+            f"{name}-kube-proxy",
+            host,
+            parent=self,
+            step="kube-proxy",
+            files=kube_proxy_files,
+            units=["kube-proxy"],
+            depends_on=[binaries, *args.control_plane_ready],
+        )
+
+        # Re-run the check whenever any service's files change (a deploy restarted something),
+        # since `systemctl restart` returns before a crashing kubelet gives up.
+        self.ready: pulumi.Resource = remote.run(
+            f"{name}-ready",
+            host,
+            render_ready_script(spec),
+            parent=self,
+            triggers=[_fingerprint(containerd_files + kubelet_files + kube_proxy_files)],
+            depends_on=[kubelet, kube_proxy],
+        )
+        self.register_outputs({"internal_ip": spec.internal_ip, "pod_cidr": spec.pod_cidr})
