@@ -1,0 +1,149 @@
+"""The remote helpers: deterministic bundles, and the deploy step run for real against shimmed sudo/systemctl."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from components import remote
+from components.render import render
+
+SHELLCHECK = shutil.which("shellcheck")
+
+# sudo runs the command as is (dropping -o/-g root when the test is not root); systemctl logs its
+# calls and answers is-active from a state file, so the test sees exactly what the step asked for.
+SUDO = """#!/bin/sh
+if [ "$(id -u)" != 0 ]; then
+  args=""
+  for a in "$@"; do case "$a" in -o|-g|root) ;; *) args="$args $a" ;; esac; done
+  # shellcheck disable=SC2086
+  exec $args
+fi
+exec "$@"
+"""
+SYSTEMCTL = """#!/bin/sh
+echo "$*" >> "$SHIM_LOG"
+if [ "$1" = is-active ]; then grep -qx active "$SHIM_STATE" 2>/dev/null; exit $?; fi
+if [ "$1" = restart ]; then echo active > "$SHIM_STATE"; fi
+exit 0
+"""
+
+
+@pytest.fixture
+def shims(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "shim"
+    bin_dir.mkdir()
+    for name, body in {"sudo": SUDO, "systemctl": SYSTEMCTL, "journalctl": "#!/bin/sh\necho no journal\n"}.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SHIM_LOG": str(tmp_path / "systemctl.log"),
+        "SHIM_STATE": str(tmp_path / "state"),
+    }
+
+
+def deploy(tmp_path: Path, env: dict[str, str], files: list[tuple[str, str, int]]) -> subprocess.CompletedProcess[str]:
+    specs = [remote.RemoteFile(path, content, mode) for path, content, mode in files]
+    script = remote.deploy_script("controller-0", "kube-apiserver", specs, ["kube-apiserver"])
+    return subprocess.run(
+        ["bash", "-c", script], input=remote.pack(files), env=env, capture_output=True, text=True, check=False
+    )
+
+
+def calls(env: dict[str, str]) -> list[str]:
+    log = Path(env["SHIM_LOG"])
+    lines = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return lines
+
+
+def test_pack_is_deterministic_and_root_owned() -> None:
+    files = [("/etc/a.conf", "a\n", 0o644), ("/var/lib/k/key.pem", "KEY", 0o600)]
+    assert remote.pack(files) == remote.pack(list(files))
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(remote.pack(files)))) as tar:
+        members = tar.getmembers()
+        assert [(m.name, m.mode, m.uid, m.gid, m.mtime) for m in members] == [
+            ("etc/a.conf", 0o644, 0, 0, 0),
+            ("var/lib/k/key.pem", 0o600, 0, 0, 0),
+        ]
+        assert tar.extractfile(members[1]).read() == b"KEY"  # type: ignore[union-attr]
+
+
+def test_deploy_installs_files_and_restarts_only_on_change(tmp_path: Path, shims: dict[str, str]) -> None:
+    unit = str(tmp_path / "etc/systemd/system/kube-apiserver.service")
+    key = str(tmp_path / "var/lib/kubernetes/kubernetes-key.pem")
+    files = [(unit, "[Service]\nExecStart=/bin/true\n", 0o644), (key, "PRIVATE", 0o600)]
+
+    first = deploy(tmp_path, shims, files)
+    assert first.returncode == 0, first.stderr
+    assert Path(key).read_text() == "PRIVATE"
+    assert oct(Path(key).stat().st_mode & 0o777) == "0o600"
+    assert oct(Path(unit).stat().st_mode & 0o777) == "0o644"
+    assert calls(shims) == [
+        "daemon-reload",
+        "enable --quiet kube-apiserver",
+        "restart kube-apiserver",
+    ]
+
+    again = deploy(tmp_path, shims, files)
+    assert again.returncode == 0, again.stderr
+    assert calls(shims) == ["enable --quiet kube-apiserver", "is-active --quiet kube-apiserver"]
+
+    rotated = deploy(tmp_path, shims, [files[0], (key, "ROTATED", 0o600)])
+    assert rotated.returncode == 0, rotated.stderr
+    assert Path(key).read_text() == "ROTATED"
+    # a key changed, not the unit: no daemon-reload, but the service restarts to load it
+    assert calls(shims) == ["enable --quiet kube-apiserver", "restart kube-apiserver"]
+
+
+def test_deploy_restarts_a_stopped_service_without_changes(tmp_path: Path, shims: dict[str, str]) -> None:
+    files = [(str(tmp_path / "etc/x.conf"), "x", 0o644)]
+    assert deploy(tmp_path, shims, files).returncode == 0
+    calls(shims)
+    Path(shims["SHIM_STATE"]).write_text("failed\n")
+    assert deploy(tmp_path, shims, files).returncode == 0
+    assert calls(shims)[-1] == "restart kube-apiserver"
+
+
+def test_deploy_fails_naming_node_and_step(tmp_path: Path, shims: dict[str, str]) -> None:
+    script = remote.deploy_script(
+        "controller-0", "kube-apiserver", [remote.RemoteFile(str(tmp_path / "missing.pem"), "x")], ["kube-apiserver"]
+    )
+    result = subprocess.run(
+        ["bash", "-c", script], input=remote.pack([]), env=shims, capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
+    assert f"kthw: controller-0: kube-apiserver: {tmp_path}/missing.pem is missing from the bundle" in result.stderr
+    assert not (tmp_path / "missing.pem").exists()
+
+
+def test_no_block_is_only_for_steps_that_ask() -> None:
+    files = [remote.RemoteFile("/etc/etcd/ca.pem", "x")]
+    assert "restart --no-block" in remote.deploy_script("controller-0", "etcd", files, ["etcd"], no_block=True)
+    assert "--no-block" not in remote.deploy_script("controller-0", "etcd", files, ["etcd"])
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (.ci/run installs it from Debian)")
+@pytest.mark.parametrize(
+    "script",
+    [
+        remote.deploy_script("worker-0", "kubelet", [remote.RemoteFile("/a", "x")], ["kubelet"]),
+        remote.deploy_script("controller-0", "config", [remote.RemoteFile("/a", "x")]),
+        render("node/ssh-ready.sh", node="worker-0"),
+    ],
+    ids=["deploy", "deploy-no-units", "ssh-ready"],
+)
+def test_scripts_pass_shellcheck(tmp_path: Path, script: str) -> None:
+    path = tmp_path / "script.sh"
+    path.write_text(script)
+    result = subprocess.run([str(SHELLCHECK), "-S", "style", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
