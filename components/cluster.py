@@ -7,9 +7,16 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_tls as tls
 
+from components.addons import Addons, AddonsArgs, SmokeTest, SmokeTestArgs
+from components.api_frontend import ApiFrontend, ApiFrontendArgs
 from components.config import ClusterConfig, NodeSpec
-from components.network import Network, NetworkArgs
+from components.control_plane import ControlPlaneArgs, ControlPlaneNode
+from components.etcd import EtcdMember, EtcdMemberArgs
+from components.kubeconfig import ADMIN_USER, encryption_config_output, kubeconfig_output
+from components.network import API_PORT, Network, NetworkArgs
 from components.node import Node, NodeArgs
+from components.pki import Pki, PkiArgs
+from components.worker import WorkerArgs, WorkerNode
 
 
 @dataclass(frozen=True)
@@ -20,7 +27,13 @@ class ClusterArgs:
 
 
 class Cluster(pulumi.ComponentResource):
-    """Kubernetes The Hard Way on GCE: every resource of the cluster lives below this one."""
+    """Kubernetes The Hard Way on GCE: every resource of the cluster lives below this one.
+
+    The bootstrap graph is wide, not deep: every node's steps hang off its own SSH gate, etcd
+    members start together, control planes wait for all of etcd, and every worker waits only for
+    the control plane and the API front end, never for another worker. Adding workers adds
+    parallel branches, so `pulumi up` takes about as long for 100 workers as for 3.
+    """
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kthw:index:Cluster", name, None, opts)
@@ -47,12 +60,113 @@ class Cluster(pulumi.ComponentResource):
         self.controllers = [node(spec) for spec in cfg.controllers]
         self.workers = [node(spec) for spec in cfg.workers]
 
-        self.register_outputs({"public_address": self.public_address})
+        self.pki = Pki(
+            f"{name}-pki",
+            PkiArgs(
+                config=cfg,
+                public_address=self.public_address,
+                worker_external_ips={w.spec.name: w.external_ip for w in self.workers},
+            ),
+            child,
+        )
+        encryption_config = encryption_config_output(self.pki.encryption_key)
+
+        # KTHW ch. 7: one etcd member per controller, all started at once.
+        self.etcd = [
+            EtcdMember(
+                f"{name}-{c.spec.name}-etcd",
+                EtcdMemberArgs(config=cfg, spec=c.spec, host=c.host, ca=self.pki.ca, server=self.pki.api_server),
+                child,
+            )
+            for c in self.controllers
+        ]
+        # KTHW ch. 8: every API server waits for every etcd member, since it talks to all of them.
+        self.control_plane = [
+            ControlPlaneNode(
+                f"{name}-{c.spec.name}-control-plane",
+                ControlPlaneArgs(
+                    config=cfg,
+                    spec=c.spec,
+                    host=c.host,
+                    public_address=self.public_address,
+                    pki=self.pki,
+                    encryption_config=encryption_config,
+                    etcd_members=[member.started for member in self.etcd],
+                ),
+                child,
+            )
+            for c in self.controllers
+        ]
+        control_plane_healthy = [cp.healthy for cp in self.control_plane]
+
+        self.api_frontend = ApiFrontend(
+            f"{name}-api-frontend",
+            ApiFrontendArgs(
+                config=cfg,
+                network=self.network.vpc.name,
+                address=self.public_address,
+                controllers=[c.host for c in self.controllers],
+                instances=[c.instance for c in self.controllers],
+                control_plane_healthy=control_plane_healthy,
+            ),
+            child,
+        )
+
+        # KTHW ch. 9: kubelets register through the public address, so they wait for the front end.
+        self.worker_nodes = [
+            WorkerNode(
+                f"{name}-{w.spec.name}-bootstrap",
+                WorkerArgs(
+                    config=cfg,
+                    spec=w.spec,
+                    host=w.host,
+                    public_address=self.public_address,
+                    ca=self.pki.ca,
+                    kubelet=self.pki.kubelets[w.spec.name],
+                    kube_proxy=self.pki.kube_proxy,
+                    control_plane_ready=[*control_plane_healthy, *self.api_frontend.ready],
+                ),
+                child,
+            )
+            for w in self.workers
+        ]
+        workers_ready = [w.ready for w in self.worker_nodes]
+
+        first_controller = self.controllers[0].host
+        self.addons = Addons(
+            f"{name}-addons",
+            AddonsArgs(config=cfg, host=first_controller, depends_on=control_plane_healthy, workers_ready=workers_ready),
+            child,
+        )
+        # KTHW ch. 13, last: a cluster that fails it fails `pulumi up`.
+        self.smoke_test = SmokeTest(
+            f"{name}-smoke-test",
+            SmokeTestArgs(
+                config=cfg,
+                controller=first_controller,
+                probe=self.workers[0].host,
+                public_address=self.public_address,
+                depends_on=[self.addons.rbac, self.addons.dns, *workers_ready, *self.api_frontend.ready],
+            ),
+            child,
+        )
+
+        # KTHW ch. 10: the admin's kubeconfig reaches the cluster through the load balancer.
+        self.admin_kubeconfig: pulumi.Output[str] = kubeconfig_output(
+            server=pulumi.Output.concat("https://", self.public_address, f":{API_PORT}"),
+            user=ADMIN_USER,
+            ca=self.pki.ca,
+            client=self.pki.admin,
+        )
+        self.ca_certificate: pulumi.Output[str] = self.pki.ca.cert_pem
+
+        self.register_outputs({"public_address": self.public_address, "ca_certificate": self.ca_certificate})
 
     def node_addresses(self, nodes: list[Node]) -> pulumi.Output[dict[str, dict[str, str]]]:
         """name -> {internal_ip, external_ip} for the stack outputs."""
         return pulumi.Output.all(*[n.external_ip for n in nodes]).apply(
             lambda ips: {
-                n.spec.name: {"internal_ip": n.spec.internal_ip, "external_ip": ip} for n, ip in zip(nodes, ips, strict=True)
+                n.spec.name: {"internal_ip": n.spec.internal_ip, "external_ip": ip}
+                for n, ip in zip(nodes, ips, strict=True)
             }
         )

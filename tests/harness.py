@@ -13,6 +13,7 @@ import ipaddress
 import os
 import runpy
 import sys
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,7 @@ class _Mocks(mocks.Mocks):
             interfaces = outputs.get("networkInterfaces") or [{}]
             interfaces[0]["accessConfigs"] = [{"natIp": _fake_ip(args.name)}]
             outputs["networkInterfaces"] = interfaces
-            outputs["instanceId"] = f"{abs(hash(args.name)) % 10**12}"
+            outputs["instanceId"] = str(zlib.crc32(args.name.encode()))
             outputs["selfLink"] = f"https://compute/{args.inputs.get('zone')}/instances/{args.name}"
         elif args.typ.startswith("command:remote:Command"):
             outputs.setdefault("stdout", "")
@@ -292,3 +293,25 @@ def stack_config(stack: str) -> dict[str, str]:
 
     raw = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
     return {key: json.dumps(value) if isinstance(value, list | dict) else str(value) for key, value in raw.items()}
+
+
+def diff(before: Recording, after: Recording) -> tuple[set[str], set[str], set[str]]:
+    """(added, removed, changed) resource names between two evaluations, comparing inputs."""
+    old = {r.name: r.inputs for r in before.resources}
+    new = {r.name: r.inputs for r in after.resources}
+    changed = {name for name in old.keys() & new.keys() if old[name] != new[name]}
+    return new.keys() - old.keys(), old.keys() - new.keys(), changed
+
+
+def longest_chain(recording: Recording) -> int:
+    """The number of resources on the longest dependency chain: how many steps run one after another."""
+    by_name = {r.name: r for r in recording.resources}
+    depth: dict[str, int] = {}
+
+    def visit(name: str) -> int:
+        if name not in depth:
+            deps = [d for d in by_name[name].depends_on if d in by_name]
+            depth[name] = 1 + max((visit(d) for d in deps), default=0)
+        return depth[name]
+
+    return max(visit(r.name) for r in recording.resources if not r.type.startswith("kthw:index:"))

@@ -1,0 +1,409 @@
+"""The API front end (KTHW ch. 8): the nginx healthz proxy against real nginx, and the GCP load balancer under mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import http.server
+import ipaddress
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pulumi.runtime import mocks, rpc
+from pulumi.runtime.sync_await import _sync_await
+from pulumi_command import remote as command_remote
+from pulumi_gcp import compute
+
+from components import config as config_module
+from components import remote
+from components.api_frontend import (
+    HEALTHZ_SITE_PATH,
+    ApiFrontend,
+    ApiFrontendArgs,
+    install_nginx_script,
+    render_healthz_site,
+)
+from components.config import ClusterConfig
+from components.render import TEMPLATES
+
+GCP = {"gcp:project": "kthw-test", "gcp:region": "europe-west4", "gcp:zone": "europe-west4-b"}
+ADDRESS = "203.0.113.80"
+SECRET_SIG = rpc._special_secret_sig  # type: ignore[attr-defined]
+SIG_KEY = rpc._special_sig_key  # type: ignore[attr-defined]
+
+
+# --- a tiny recorder under Pulumi's mocks (shared with test_addons) -------------------------------
+
+
+@dataclass
+class Registered:
+    """One resource as the mock engine saw it: inputs with secret markers stripped, and its options."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    depends_on: set[str]
+    delete_before_replace: bool
+    secret_inputs: set[str] = field(default_factory=set)
+
+
+def _plain(value: Any, key: str, secrets: set[str]) -> Any:
+    if isinstance(value, dict):
+        if value.get(SIG_KEY) == SECRET_SIG:
+            secrets.add(key)
+            return _plain(value.get("value"), key, secrets)
+        return {k: _plain(v, key, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, key, secrets) for v in value]
+    return value
+
+
+class _EchoMocks(mocks.Mocks):
+    """Outputs are the inputs, plus a self link, as the GCP provider would compute one."""
+
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        outputs = dict(args.inputs)
+        outputs.setdefault("selfLink", f"https://compute.example/{args.typ.split(':')[-1]}/{args.name}")
+        if args.typ.startswith("command:remote:Command"):
+            outputs.setdefault("stdout", "")
+        return f"{args.name}-id", outputs
+
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+class _Monitor(mocks.MockMonitor):
+    def __init__(self) -> None:
+        super().__init__(_EchoMocks())
+        self.registered: list[Registered] = []
+        self.names: dict[str, str] = {}
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
+        response = super().RegisterResource(request)
+        self.names[response.urn] = request.name
+        raw = rpc.deserialize_properties(request.object, keep_unknowns=True, keep_internal=True) or {}
+        secrets: set[str] = set()
+        inputs = {k: _plain(v, k, secrets) for k, v in raw.items()}
+        deps = set(request.dependencies)
+        for prop in request.propertyDependencies.values():
+            deps.update(prop.urns)
+        self.registered.append(
+            Registered(request.type, request.name, inputs, deps, request.deleteBeforeReplace, secrets)
+        )
+        return response
+
+
+class Recording:
+    """Resources by Pulumi name, dependencies resolved to names."""
+
+    def __init__(self, registered: list[Registered]) -> None:
+        self.by_name = {r.name: r for r in registered}
+
+    def __getitem__(self, name: str) -> Registered:
+        return self.by_name[name]
+
+    def of_type(self, token: str) -> list[Registered]:
+        return [r for r in self.by_name.values() if r.type == token]
+
+
+def record(build: Callable[[], None], *, preview: bool = False) -> Recording:
+    """Run `build` in a stack under mocks and return every resource it registered."""
+    monitor = _Monitor()
+    mocks.set_mocks(monitor.mocks, project="kthw", stack="unit", preview=preview, monitor=monitor)
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        _sync_await(pulumi.runtime.stack.run_in_stack(build))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    for reg in monitor.registered:
+        reg.depends_on = {monitor.names.get(d, d) for d in reg.depends_on}
+    return Recording(monitor.registered)
+
+
+def fake_host(name: str) -> tuple[remote.Host, compute.Instance]:
+    """A node as node.py would hand it over: an instance and an SSH gate (both mocked)."""
+    instance = compute.Instance(f"{name}-instance", name=name, machine_type="e2-small", boot_disk={}, network_interfaces=[])
+    gate = command_remote.Command(
+        f"{name}-gate", connection=command_remote.ConnectionArgs(host=ADDRESS), create="true",
+        opts=pulumi.ResourceOptions(depends_on=[instance]),
+    )
+    conn = remote.connection(f"{name}.example", "kthw", pulumi.Output.secret("key"))
+    return remote.Host(name=name, connection=conn, ready=gate), instance
+
+
+def load(**kthw: str) -> ClusterConfig:
+    return config_module.load(kthw, GCP)
+
+
+# --- the rendered nginx site ---------------------------------------------------------------------
+
+
+def test_site_relays_healthz_to_the_local_api_with_verification() -> None:
+    site = render_healthz_site()
+    assert "listen 80;" in site
+    assert "server_name kubernetes.default.svc.cluster.local;" in site
+    assert "proxy_pass https://127.0.0.1:6443/healthz;" in site
+    assert "proxy_ssl_trusted_certificate /var/lib/kubernetes/ca.pem;" in site
+    assert "proxy_ssl_verify on;" in site
+    assert "proxy_ssl_name kubernetes;" in site
+
+
+def test_install_script_is_shellcheck_clean(tmp_path: Path) -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+    script = tmp_path / "install-nginx.sh"
+    script.write_text(install_nginx_script("controller-0"))
+    result = subprocess.run([shellcheck, "-s", "bash", str(script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+    assert 'node="controller-0"' in script.read_text()
+
+
+def test_every_api_frontend_template_is_used() -> None:
+    assert sorted(p.name for p in (TEMPLATES / "api-frontend").iterdir()) == ["healthz.conf", "install-nginx.sh"]
+
+
+# --- the site in a real nginx, relaying to a TLS upstream -----------------------------------------
+
+
+def _cert(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey] | None, dns: list[str]
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    issuer_name, issuer_key = issuer or (subject, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if dns:
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(obj: x509.Certificate | ec.EllipticCurvePrivateKey) -> bytes:
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+@dataclass
+class _Upstream:
+    port: int
+    server: http.server.ThreadingHTTPServer
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    """A CA, an API server certificate it signs (DNS:kubernetes, IP:127.0.0.1), and a foreign CA."""
+    ca_key, other_key, api_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = _cert("kthw-ca", ca_key, None, [])
+    other = _cert("other-ca", other_key, None, [])
+    api = _cert("kubernetes", api_key, ("kthw-ca", ca_key), ["kubernetes", "kubernetes.default"])
+    paths = {"ca": tmp_path / "ca.pem", "other": tmp_path / "other.pem", "cert": tmp_path / "api.pem",
+             "key": tmp_path / "api-key.pem"}
+    for label, obj in (("ca", ca), ("other", other), ("cert", api), ("key", api_key)):
+        paths[label].write_bytes(_pem(obj))
+    return paths
+
+
+@pytest.fixture
+def upstream(pki: dict[str, Path]) -> Iterator[_Upstream]:
+    """A stand-in for kube-apiserver: TLS on loopback, /healthz answers `ok`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = b"ok" if self.path == "/healthz" else b"not found"
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki["cert"], pki["key"])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield _Upstream(server.server_address[1], server)
+    server.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_nginx(tmp_path: Path, site: str) -> Iterator[int]:
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    port = _free_port()
+    # Same site, on a loopback port instead of :80 so the test needs no privileges.
+    assert site.count("listen 80;") == 1
+    (tmp_path / "site.conf").write_text(site.replace("listen 80;", f"listen 127.0.0.1:{port};"))
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\ndaemon off;\nmaster_process off;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n  proxy_temp_path {tmp_path}/proxy;\n"
+        f"  include {tmp_path}/site.conf;\n}}\n"
+    )
+    check = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                import socket
+
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _get(port: int, host: str, path: str = "/healthz") -> tuple[int, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path, headers={"Host": host})
+    response = conn.getresponse()
+    return response.status, response.read().decode()
+
+
+def test_nginx_relays_the_health_check_to_a_verified_api(
+    tmp_path: Path, pki: dict[str, Path], upstream: _Upstream
+) -> None:
+    site = render_healthz_site(upstream=f"https://127.0.0.1:{upstream.port}", ca_file=str(pki["ca"]))
+    for port in _run_nginx(tmp_path, site):
+        assert _get(port, "kubernetes.default.svc.cluster.local") == (200, "ok")
+        # Only /healthz goes through: the proxy is no back door to the API.
+        assert _get(port, "kubernetes.default.svc.cluster.local", "/api")[0] == 404
+
+
+def test_nginx_refuses_an_api_signed_by_another_ca(tmp_path: Path, pki: dict[str, Path], upstream: _Upstream) -> None:
+    site = render_healthz_site(upstream=f"https://127.0.0.1:{upstream.port}", ca_file=str(pki["other"]))
+    for port in _run_nginx(tmp_path, site):
+        status, _ = _get(port, "kubernetes.default.svc.cluster.local")
+        assert status == 502  # the health check sees the backend as down, not as healthy
+
+
+# --- the GCP load balancer under mocks ------------------------------------------------------------
+
+
+def build_frontend(cfg: ClusterConfig) -> None:
+    hosts, instances = zip(*(fake_host(c.name) for c in cfg.controllers), strict=True)
+    healthy = command_remote.Command("control-plane-healthy", create="true")
+    ApiFrontend(
+        "api",
+        ApiFrontendArgs(
+            config=cfg,
+            network="kubernetes-the-hard-way",
+            address=ADDRESS,
+            controllers=list(hosts),
+            instances=list(instances),
+            control_plane_healthy=[healthy],
+        ),
+    )
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["update", "preview"])
+def frontend(request: pytest.FixtureRequest) -> Recording:
+    cfg = load(controllerCount="3", workerCount="2")
+    return record(lambda: build_frontend(cfg), preview=request.param)
+
+
+def test_health_check_is_kthws(frontend: Recording) -> None:
+    (hc,) = frontend.of_type("gcp:compute/httpHealthCheck:HttpHealthCheck")
+    assert hc.inputs["name"] == "kubernetes"
+    assert hc.inputs["host"] == "kubernetes.default.svc.cluster.local"
+    assert hc.inputs["requestPath"] == "/healthz"
+    assert hc.inputs["port"] == 80
+    assert hc.delete_before_replace
+
+
+def test_health_check_firewall_opens_only_port_80_on_controllers(frontend: Recording) -> None:
+    (fw,) = frontend.of_type("gcp:compute/firewall:Firewall")
+    assert fw.inputs["name"] == "kubernetes-the-hard-way-allow-health-check"
+    assert fw.inputs["network"] == "kubernetes-the-hard-way"
+    assert fw.inputs["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
+    assert sorted(fw.inputs["sourceRanges"]) == ["209.85.152.0/22", "209.85.204.0/22", "35.191.0.0/16"]
+    assert fw.inputs["targetTags"] == ["controller"]
+    assert fw.delete_before_replace
+
+
+def test_target_pool_holds_every_controller_by_zone_and_name(frontend: Recording) -> None:
+    (pool,) = frontend.of_type("gcp:compute/targetPool:TargetPool")
+    assert pool.inputs["name"] == "kubernetes-target-pool"
+    assert pool.inputs["region"] == "europe-west4"
+    assert pool.inputs["instances"] == [
+        "europe-west4-b/controller-0",
+        "europe-west4-b/controller-1",
+        "europe-west4-b/controller-2",
+    ]
+    assert pool.inputs["healthChecks"] == "kubernetes"
+    assert {"controller-0-instance", "controller-1-instance", "controller-2-instance"} <= pool.depends_on
+    assert "api-health-check" in pool.depends_on
+    assert pool.delete_before_replace
+
+
+def test_forwarding_rule_sends_6443_on_the_address_to_the_pool(frontend: Recording) -> None:
+    (rule,) = frontend.of_type("gcp:compute/forwardingRule:ForwardingRule")
+    assert rule.inputs["name"] == "kubernetes-forwarding-rule"
+    assert rule.inputs["ipAddress"] == ADDRESS
+    assert rule.inputs["portRange"] == "6443"
+    assert rule.inputs["region"] == "europe-west4"
+    assert rule.inputs["ipProtocol"] == "TCP"
+    assert rule.inputs["loadBalancingScheme"] == "EXTERNAL"
+    assert "api-target-pool" in rule.depends_on
+    assert rule.inputs["target"] == "https://compute.example/TargetPool/api-target-pool"
+    assert rule.delete_before_replace
+
+
+def test_each_controller_gets_nginx_then_the_proxy_after_the_control_plane(frontend: Recording) -> None:
+    for i in range(3):
+        node = f"controller-{i}"
+        install = frontend[f"api-{node}-nginx"]
+        assert f"{node}-gate" in install.depends_on
+        assert install.inputs["create"] == install_nginx_script(node)
+        proxy = frontend[f"api-{node}-healthz-proxy"]
+        assert {f"{node}-gate", f"api-{node}-nginx", "control-plane-healthy"} <= proxy.depends_on
+        assert HEALTHZ_SITE_PATH in proxy.inputs["create"]
+        assert "step=\"healthz-proxy\"" in proxy.inputs["create"]
+        assert "units=(nginx)" in proxy.inputs["create"]
+        # A plain config file: the step is not secret, so its log stays readable.
+        assert "stdin" not in proxy.secret_inputs

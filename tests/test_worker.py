@@ -1,0 +1,506 @@
+"""Worker bootstrap (KTHW ch. 9): rendered configs, units and scripts, checked with real tools, and the wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+from pulumi.runtime import mocks, rpc, settings
+from pulumi.runtime.sync_await import _sync_await
+from pulumi_command import remote as command_remote
+
+from components import config as config_module
+from components import remote, worker
+from components.config import ClusterConfig, NodeSpec
+from components.pki import CertPair
+
+CONFIG = config_module.load(
+    {"controllerCount": 3, "workerCount": 3},
+    {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "p"},
+)
+WORKERS = CONFIG.workers
+UNITS = {
+    "containerd": worker.render_containerd_unit,
+    "kubelet": worker.render_kubelet_unit,
+    "kube-proxy": worker.render_kube_proxy_unit,
+}
+
+
+def test_three_workers_with_kthw_pod_cidrs() -> None:
+    assert [(w.name, w.internal_ip, w.pod_cidr) for w in WORKERS] == [
+        ("worker-0", "10.240.0.20", "10.200.0.0/24"),
+        ("worker-1", "10.240.0.21", "10.200.1.0/24"),
+        ("worker-2", "10.240.0.22", "10.200.2.0/24"),
+    ]
+
+
+# --- configs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", WORKERS, ids=lambda s: s.name)
+def test_kubelet_config(spec: NodeSpec) -> None:
+    conf = yaml.safe_load(worker.render_kubelet_config(CONFIG, spec))
+    assert conf["apiVersion"] == "kubelet.config.k8s.io/v1beta1"
+    assert conf["kind"] == "KubeletConfiguration"
+    assert conf["podCIDR"] == spec.pod_cidr
+    assert conf["clusterDNS"] == ["10.32.0.10"]
+    assert conf["clusterDomain"] == "cluster.local"
+    assert conf["authentication"] == {
+        "anonymous": {"enabled": False},
+        "webhook": {"enabled": True},
+        "x509": {"clientCAFile": "/var/lib/kubernetes/ca.pem"},
+    }
+    assert conf["authorization"] == {"mode": "Webhook"}
+    assert conf["tlsCertFile"] == "/var/lib/kubelet/kubelet.pem"
+    assert conf["tlsPrivateKeyFile"] == "/var/lib/kubelet/kubelet-key.pem"
+    assert conf["cgroupDriver"] == "systemd"
+    assert conf["containerRuntimeEndpoint"] == "unix:///var/run/containerd/containerd.sock"
+    assert conf["runtimeRequestTimeout"] == "15m"
+    assert conf["registerNode"] is True
+    assert conf["resolvConf"] == worker.RESOLV_CONF
+
+
+def test_kubelet_config_refuses_a_controller() -> None:
+    with pytest.raises(ValueError, match="controller-0 is not a worker"):
+        worker.render_kubelet_config(CONFIG, CONFIG.controllers[0])
+
+
+def test_kube_proxy_config() -> None:
+    conf = yaml.safe_load(worker.render_kube_proxy_config(CONFIG))
+    assert conf == {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": "/var/lib/kube-proxy/kubeconfig"},
+        "mode": "iptables",
+        "clusterCIDR": "10.200.0.0/16",
+    }
+
+
+@pytest.mark.parametrize("spec", WORKERS, ids=lambda s: s.name)
+def test_cni_bridge(spec: NodeSpec) -> None:
+    conf = json.loads(worker.render_cni_bridge(spec))
+    assert conf["cniVersion"] == "1.0.0"
+    assert (conf["name"], conf["type"], conf["bridge"]) == ("bridge", "bridge", "cni0")
+    assert conf["isGateway"] is True and conf["ipMasq"] is True
+    assert conf["ipam"] == {
+        "type": "host-local",
+        "ranges": [[{"subnet": spec.pod_cidr}]],
+        "routes": [{"dst": "0.0.0.0/0"}],
+    }
+
+
+def test_cni_loopback() -> None:
+    assert json.loads(worker.render_cni_loopback()) == {"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}
+
+
+def test_containerd_config() -> None:
+    conf = tomllib.loads(worker.render_containerd_config())
+    assert conf["version"] == 3
+    plugins = conf["plugins"]
+    assert plugins["io.containerd.cri.v1.images"]["snapshotter"] == "overlayfs"
+    runtime = plugins["io.containerd.cri.v1.runtime"]
+    assert runtime["containerd"]["default_runtime_name"] == "runc"
+    runc = runtime["containerd"]["runtimes"]["runc"]
+    assert runc["runtime_type"] == "io.containerd.runc.v2"
+    assert runc["options"] == {"BinaryName": "/usr/local/bin/runc", "SystemdCgroup": True}
+    assert runtime["cni"] == {"bin_dirs": ["/opt/cni/bin"], "conf_dir": "/etc/cni/net.d"}
+
+
+def test_containerd_reads_the_config(tmp_path: Path) -> None:
+    binary = shutil.which("containerd")
+    if binary is None:
+        pytest.skip("no containerd binary here (apt-get install -y containerd gives one)")
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"\s(\d+)\.(\d+)\.\d+", version)
+    assert match, version
+    path = tmp_path / "config.toml"
+    path.write_text(worker.render_containerd_config())
+    dump = subprocess.run(
+        [binary, "--config", str(path), "config", "dump"], capture_output=True, text=True, timeout=30
+    )
+    assert dump.returncode == 0, dump.stderr
+    if int(match.group(1)) < 2:
+        pytest.skip(
+            f"containerd {match.group(0).strip()} loads the file but knows only config version 2: it "
+            "ignores the version-3 plugin IDs, so its dump cannot confirm them"
+        )
+    dumped = tomllib.loads(dump.stdout)
+    runtime = dumped["plugins"]["io.containerd.cri.v1.runtime"]
+    assert runtime["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
+    assert runtime["containerd"]["runtimes"]["runc"]["options"]["BinaryName"] == "/usr/local/bin/runc"
+    assert runtime["cni"]["bin_dirs"] == ["/opt/cni/bin"]
+    assert runtime["cni"]["conf_dir"] == "/etc/cni/net.d"
+
+
+# --- units -----------------------------------------------------------------------------------------
+
+
+def directives(unit: str) -> dict[str, list[str]]:
+    """Every `Key=value` of a unit (continuation lines joined), by key."""
+    joined = re.sub(r"\\\n\s*", " ", unit)
+    found: dict[str, list[str]] = {}
+    for line in joined.splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def exec_start(unit: str) -> tuple[str, dict[str, str]]:
+    """ExecStart's binary and its --flag=value pairs."""
+    (line,) = directives(unit)["ExecStart"]
+    binary, *args = shlex.split(line)
+    flags: dict[str, str] = {}
+    for arg in args:
+        assert arg.startswith("--") and "=" in arg, f"not a --flag=value: {arg}"
+        key, value = arg[2:].split("=", 1)
+        assert key not in flags, f"--{key} given twice"
+        flags[key] = value
+    return binary, flags
+
+
+def test_kubelet_unit() -> None:
+    unit = worker.render_kubelet_unit(CONFIG)
+    assert unit.startswith("# kthw: kubelet 1.36.4\n")
+    binary, flags = exec_start(unit)
+    assert binary == "/usr/local/bin/kubelet"
+    assert flags == {
+        "config": "/var/lib/kubelet/kubelet-config.yaml",
+        "kubeconfig": "/var/lib/kubelet/kubeconfig",
+        "v": "2",
+    }
+    # Removed in 1.24 and 1.27: either one stops a current kubelet from starting.
+    assert "network-plugin" not in unit and "container-runtime=" not in unit
+    d = directives(unit)
+    assert d["Requires"] == ["containerd.service"] and d["After"] == ["containerd.service"]
+    assert d["WantedBy"] == ["multi-user.target"]
+
+
+def test_kube_proxy_unit() -> None:
+    unit = worker.render_kube_proxy_unit(CONFIG)
+    assert unit.startswith("# kthw: kube-proxy 1.36.4\n")
+    assert exec_start(unit) == ("/usr/local/bin/kube-proxy", {"config": "/var/lib/kube-proxy/kube-proxy-config.yaml"})
+
+
+def test_containerd_unit() -> None:
+    unit = worker.render_containerd_unit(CONFIG)
+    assert unit.startswith("# kthw: containerd 2.3.4\n")
+    d = directives(unit)
+    assert d["ExecStart"] == ["/usr/local/bin/containerd"]
+    assert d["ExecStartPre"] == ["/sbin/modprobe overlay"]
+    assert d["Delegate"] == ["yes"] and d["KillMode"] == ["process"] and d["Type"] == ["notify"]
+    assert d["LimitNOFILE"] == ["1048576"] and d["OOMScoreAdjust"] == ["-999"]
+
+
+def test_unit_versions_follow_config() -> None:
+    newer = config_module.load(
+        {"kubernetesVersion": "1.36.5", "containerdVersion": "2.3.5"},
+        {"gcp:region": "us-west1", "gcp:zone": "us-west1-c"},
+    )
+    assert worker.render_kubelet_unit(newer).startswith("# kthw: kubelet 1.36.5\n")
+    assert worker.render_kube_proxy_unit(newer).startswith("# kthw: kube-proxy 1.36.5\n")
+    assert worker.render_containerd_unit(newer).startswith("# kthw: containerd 2.3.5\n")
+
+
+@pytest.mark.parametrize("name", sorted(UNITS))
+def test_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = UNITS[name](CONFIG)
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    (tmp_path / f"etc/systemd/system/{name}.service").write_text(unit)
+    d = directives(unit)
+    for command in d.get("ExecStart", []) + d.get("ExecStartPre", []):
+        stub = tmp_path / shlex.split(command.lstrip("-"))[0].lstrip("/")
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--recursive-errors=no", f"--root={tmp_path}", f"{name}.service"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if result.returncode != 0 and "Failed to" in result.stderr and name not in result.stderr:
+        pytest.skip(f"systemd-analyze cannot run here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    assert f"{name}.service" not in result.stderr
+
+
+# --- scripts ---------------------------------------------------------------------------------------
+
+
+def scripts() -> dict[str, str]:
+    rendered: dict[str, str] = {}
+    for spec in WORKERS:
+        rendered[f"prepare-{spec.name}"] = worker.render_prepare_script(spec)
+        rendered[f"ready-{spec.name}"] = worker.render_ready_script(spec)
+    return rendered
+
+
+@pytest.mark.parametrize("name", sorted(scripts()))
+def test_shellcheck(name: str, tmp_path: Path) -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+    path = tmp_path / f"{name}.sh"
+    path.write_text(scripts()[name])
+    result = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prepare_script() -> None:
+    script = worker.render_prepare_script(WORKERS[1])
+    assert script.startswith("#!/usr/bin/env bash\n")
+    assert "set -euo pipefail" in script
+    assert 'node="worker-1"' in script
+    assert "packages=(socat conntrack ipset)" in script
+    assert "DPkg::Lock::Timeout" in script and "DEBIAN_FRONTEND=noninteractive" in script
+    assert "swapoff -a" in script
+    assert "for module in overlay br_netfilter; do" in script
+    assert "net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1" in script
+    assert "/etc/modules-load.d/" in script and "/etc/sysctl.d/" in script
+    assert "{{" not in script
+    # Every message a failure prints names the node and the step.
+    for message in re.findall(r'fail "([^"]*)"', script):
+        assert message  # fail() prefixes "kthw: <node>: worker prepare:"
+    assert 'echo "kthw: ${node}: worker prepare: $*" >&2' in script
+
+
+def test_ready_script() -> None:
+    script = worker.render_ready_script(WORKERS[2])
+    assert 'node="worker-2"' in script
+    assert "units=(containerd kubelet kube-proxy)" in script
+    assert "--kubeconfig /var/lib/kubelet/kubeconfig" in script
+    assert 'echo "kthw: ${node}: worker start: $*" >&2' in script
+    assert "journalctl -u" in script and "systemctl status" in script
+
+
+def test_prepare_fstab_edit(tmp_path: Path) -> None:
+    """The fstab edit the prepare script makes: swap lines commented out, once, nothing else touched."""
+    script = worker.render_prepare_script(WORKERS[0])
+    (sed_expr,) = re.findall(r"sudo sed -i -E '([^']+)' /etc/fstab", script)
+    fstab = tmp_path / "fstab"
+    original = "UUID=abc / ext4 defaults 0 1\n/swapfile none swap sw 0 0\n# /old none swap sw 0 0\n"
+    fstab.write_text(original)
+    for _ in range(2):
+        subprocess.run(["sed", "-i", "-E", sed_expr, str(fstab)], check=True)
+    assert fstab.read_text() == (
+        "UUID=abc / ext4 defaults 0 1\n# kthw: swap off: /swapfile none swap sw 0 0\n# /old none swap sw 0 0\n"
+    )
+
+
+# --- the component under mocks ---------------------------------------------------------------------
+
+
+class _Monitor(mocks.MockMonitor):
+    """Records each registration's type, name, dependencies and inputs (with secret markers)."""
+
+    def __init__(self, m: mocks.Mocks) -> None:
+        super().__init__(m)
+        self.names: dict[str, str] = {}
+        self.registered: dict[str, dict[str, Any]] = {}
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
+        response = super().RegisterResource(request)
+        self.names[response.urn] = request.name
+        deps = set(request.dependencies)
+        for prop in request.propertyDependencies.values():
+            deps.update(prop.urns)
+        self.registered[request.name] = {
+            "type": request.type,
+            "parent": request.parent,
+            "deps": deps,
+            "inputs": rpc.deserialize_properties(request.object, keep_unknowns=True, keep_internal=True) or {},
+        }
+        return response
+
+
+class _Mocks(mocks.Mocks):
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        return f"{args.name}-id", dict(args.inputs)
+
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+def _secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig  # type: ignore[attr-defined]
+
+
+def _plain(value: Any) -> Any:
+    return value["value"] if _secret(value) else value
+
+
+def _build(cfg: ClusterConfig) -> dict[str, dict[str, Any]]:
+    """Three WorkerNodes, each on its own gate, all waiting on one stand-in for the control plane."""
+    settings.reset_options()
+    m = _Mocks()
+    monitor = _Monitor(m)
+    mocks.set_mocks(m, project="kthw", stack="test", preview=False, monitor=monitor)  # type: ignore[arg-type]
+
+    def program() -> None:
+        ca = CertPair(pulumi.Output.from_input("CA-CERT"), pulumi.Output.secret("CA-KEY"))
+        control_plane = command_remote.Command("control-plane-ready", create="true")
+        for spec in cfg.workers:
+            connection = command_remote.ConnectionArgs(host=f"198.51.100.{spec.index}", user="kthw")
+            gate = command_remote.Command(f"{spec.name}-gate", connection=connection, create="true")
+            worker.WorkerNode(
+                spec.name,
+                worker.WorkerArgs(
+                    config=cfg,
+                    spec=spec,
+                    host=remote.Host(spec.name, connection, gate),
+                    public_address=pulumi.Output.from_input("203.0.113.7"),
+                    ca=ca,
+                    kubelet=CertPair(
+                        pulumi.Output.from_input(f"{spec.name}-CERT"), pulumi.Output.secret(f"{spec.name}-KEY")
+                    ),
+                    kube_proxy=CertPair(pulumi.Output.from_input("KP-CERT"), pulumi.Output.secret("KP-KEY")),
+                    control_plane_ready=[control_plane],
+                ),
+            )
+
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        _sync_await(pulumi.runtime.stack.run_in_stack(program))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    for rec in monitor.registered.values():
+        rec["deps"] = {monitor.names.get(d, d) for d in rec["deps"]}
+        rec["parent"] = monitor.names.get(rec["parent"], rec["parent"])
+    return monitor.registered
+
+
+@pytest.fixture(scope="module")
+def wired() -> dict[str, dict[str, Any]]:
+    return _build(CONFIG)
+
+
+def _ancestors(reg: dict[str, dict[str, Any]], name: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(reg[name]["deps"])
+    while stack:
+        dep = stack.pop()
+        if dep not in seen and dep in reg:
+            seen.add(dep)
+            stack.extend(reg[dep]["deps"])
+    return seen
+
+
+def _bundle(rec: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """The files a deploy step carries on stdin: path -> (content, mode)."""
+    raw = base64.b64decode(_plain(rec["inputs"]["stdin"]))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return {
+            "/" + m.name: (tar.extractfile(m).read().decode(), m.mode)  # type: ignore[union-attr]
+            for m in tar.getmembers()
+        }
+
+
+STEPS = ("prepare", "binaries", "containerd", "kubelet", "kube-proxy", "ready")
+
+
+def test_component_registers_its_steps(wired: dict[str, dict[str, Any]]) -> None:
+    for spec in WORKERS:
+        assert wired[spec.name]["type"] == "kthw:index:WorkerNode"
+        for step in STEPS:
+            rec = wired[f"{spec.name}-{step}"]
+            assert rec["type"] == "command:remote:Command"
+            assert rec["parent"] == spec.name
+
+
+@pytest.mark.parametrize("spec", WORKERS, ids=lambda s: s.name)
+def test_dependency_wiring(wired: dict[str, dict[str, Any]], spec: NodeSpec) -> None:
+    n = spec.name
+    deps = {step: wired[f"{n}-{step}"]["deps"] for step in STEPS}
+    assert {f"{n}-gate"} <= deps["prepare"]
+    assert {f"{n}-gate", f"{n}-prepare"} <= deps["binaries"]
+    assert {f"{n}-binaries"} <= deps["containerd"]
+    assert {f"{n}-containerd", "control-plane-ready"} <= deps["kubelet"]
+    assert {f"{n}-binaries", "control-plane-ready"} <= deps["kube-proxy"]
+    assert {f"{n}-kubelet", f"{n}-kube-proxy"} <= deps["ready"]
+    # Prerequisites and downloads run while the control plane bootstraps.
+    for step in ("prepare", "binaries", "containerd"):
+        assert "control-plane-ready" not in _ancestors(wired, f"{n}-{step}")
+    # A worker never waits on another worker: everything upstream is its own or the control plane.
+    for step in STEPS:
+        strangers = {a for a in _ancestors(wired, f"{n}-{step}") if not a.startswith(f"{n}-")}
+        assert strangers <= {"control-plane-ready"}, strangers
+
+
+@pytest.mark.parametrize("spec", WORKERS, ids=lambda s: s.name)
+def test_deployed_files(wired: dict[str, dict[str, Any]], spec: NodeSpec) -> None:
+    n = spec.name
+    kubelet = wired[f"{n}-kubelet"]
+    assert _secret(kubelet["inputs"]["stdin"]), "the kubelet bundle carries a private key"
+    files = _bundle(kubelet)
+    assert {path: mode for path, (_, mode) in files.items()} == {
+        "/var/lib/kubernetes/ca.pem": 0o644,
+        "/var/lib/kubelet/kubelet.pem": 0o644,
+        "/var/lib/kubelet/kubelet-key.pem": 0o600,
+        "/var/lib/kubelet/kubeconfig": 0o600,
+        "/var/lib/kubelet/kubelet-config.yaml": 0o644,
+        "/etc/systemd/system/kubelet.service": 0o644,
+    }
+    assert files["/var/lib/kubelet/kubelet-key.pem"][0] == f"{n}-KEY"
+    kubeconfig = yaml.safe_load(files["/var/lib/kubelet/kubeconfig"][0])
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == "https://203.0.113.7:6443"
+    assert kubeconfig["users"][0]["name"] == f"system:node:{n}"
+    assert base64.b64decode(kubeconfig["users"][0]["user"]["client-key-data"]).decode() == f"{n}-KEY"
+    assert yaml.safe_load(files["/var/lib/kubelet/kubelet-config.yaml"][0])["podCIDR"] == spec.pod_cidr
+    assert f"{n}-KEY" not in str(kubelet["inputs"]["create"])
+
+    proxy = wired[f"{n}-kube-proxy"]
+    assert _secret(proxy["inputs"]["stdin"])
+    proxy_files = _bundle(proxy)
+    assert proxy_files["/var/lib/kube-proxy/kubeconfig"][1] == 0o600
+    proxy_kubeconfig = yaml.safe_load(proxy_files["/var/lib/kube-proxy/kubeconfig"][0])
+    assert proxy_kubeconfig["users"][0]["name"] == "system:kube-proxy"
+    assert proxy_kubeconfig["clusters"][0]["cluster"]["server"] == "https://203.0.113.7:6443"
+    assert set(proxy_files) == {
+        "/var/lib/kube-proxy/kubeconfig",
+        "/var/lib/kube-proxy/kube-proxy-config.yaml",
+        "/etc/systemd/system/kube-proxy.service",
+    }
+
+    containerd = wired[f"{n}-containerd"]
+    assert not _secret(containerd["inputs"]["stdin"]), "no key material: its log stays readable"
+    containerd_files = _bundle(containerd)
+    assert set(containerd_files) == {
+        "/etc/containerd/config.toml",
+        "/etc/cni/net.d/10-bridge.conf",
+        "/etc/cni/net.d/99-loopback.conf",
+        "/etc/systemd/system/containerd.service",
+    }
+    assert json.loads(containerd_files["/etc/cni/net.d/10-bridge.conf"][0])["ipam"]["ranges"] == [
+        [{"subnet": spec.pod_cidr}]
+    ]
+
+    ready = wired[f"{n}-ready"]
+    (trigger,) = ready["inputs"]["triggers"]
+    assert not _secret(trigger) and re.fullmatch(r"[0-9a-f]{64}", trigger)
+
+
+def test_ready_check_reruns_when_a_worker_file_changes() -> None:
+    newer = config_module.load(
+        {"controllerCount": 3, "workerCount": 3, "kubernetesVersion": "1.36.5"},
+        {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "p"},
+    )
+    before, after = _build(CONFIG), _build(newer)
+    assert before["worker-0-ready"]["inputs"]["triggers"] != after["worker-0-ready"]["inputs"]["triggers"]
+    assert before["worker-0-ready"]["inputs"]["create"] == after["worker-0-ready"]["inputs"]["create"]
