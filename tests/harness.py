@@ -112,8 +112,10 @@ class _Mocks(mocks.Mocks):
         self.preview = preview
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        outputs = dict(args.inputs)
-        computed = fake_tls.new_resource(args.typ, args.name, args.inputs)
+        # Inputs that were secret arrive wrapped in the engine's secret marker; providers see plain values.
+        inputs = {k: _unwrap(v, k, set()) for k, v in args.inputs.items()}
+        outputs = dict(inputs)
+        computed = fake_tls.new_resource(args.typ, args.name, inputs)
         if computed is not None:
             outputs.update(computed)
         elif args.typ == "gcp:compute/address:Address":
