@@ -92,7 +92,7 @@ PrivateKeyTypes = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed255
 _cache: dict[str, dict[str, Any]] = {}
 
 
-class _Unknown(Exception):
+class _UnknownInputError(Exception):
     """An input the computation needs is not known yet (preview)."""
 
 
@@ -101,6 +101,7 @@ def new_resource(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
     handler = _HANDLERS.get(typ)
     if handler is None:
         return None
+    inputs = _plain(inputs)
     if _has_unknown(inputs):
         # Any unknown input means the provider could only plan, not compute: every computed output stays unknown.
         return {}
@@ -109,7 +110,7 @@ def new_resource(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
     if cached is None:
         try:
             cached = handler(inputs)
-        except _Unknown:
+        except _UnknownInputError:
             return {}
         _cache[key] = cached
     return dict(cached)
@@ -121,6 +122,21 @@ def clear_cache() -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+
+# The engine's marker for a secret value ({SIG: SECRET, "value": ...}); providers see the plain value.
+_SIG_KEY = "4dabf18193072939515e22adb298388d"
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        if value.get(_SIG_KEY) == _SECRET_SIG:
+            return _plain(value.get("value"))
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _has_unknown(value: Any) -> bool:
@@ -139,7 +155,7 @@ def _has_unknown(value: Any) -> bool:
 def _required(inputs: Mapping[str, Any], key: str) -> Any:
     value = inputs.get(key)
     if value is None:
-        raise _Unknown(key)
+        raise _UnknownInputError(key)
     return value
 
 
@@ -159,7 +175,7 @@ def _algorithm_name(key: PrivateKeyTypes | x509.Certificate | x509.CertificateSi
     return "ED25519"
 
 
-def _signature_hash(key: PrivateKeyTypes) -> hashes.HashAlgorithm | None:
+def _signature_hash(key: PrivateKeyTypes) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:
     # Go's crypto/x509 picks the hash by key: SHA-384/512 for the larger curves, SHA-256 otherwise, none for Ed25519.
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None
@@ -246,7 +262,7 @@ def _private_key(inputs: Mapping[str, Any]) -> dict[str, Any]:
         return outputs
     public_openssh = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     blob = _ssh_blob(public_openssh)
-    md5 = hashlib.md5(blob).hexdigest()  # noqa: S324 (the legacy SSH fingerprint is MD5 by definition)
+    md5 = hashlib.md5(blob).hexdigest()  # the legacy SSH fingerprint is MD5 by definition
     outputs.update(
         privateKeyOpenssh=key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, none
@@ -340,7 +356,9 @@ def _sign(
 
 
 def _aki(issuer_ski: bytes) -> x509.AuthorityKeyIdentifier:
-    return x509.AuthorityKeyIdentifier(key_identifier=issuer_ski, authority_cert_issuer=None, authority_cert_serial_number=None)
+    return x509.AuthorityKeyIdentifier(
+        key_identifier=issuer_ski, authority_cert_issuer=None, authority_cert_serial_number=None
+    )
 
 
 def _self_signed_cert(inputs: Mapping[str, Any]) -> dict[str, Any]:

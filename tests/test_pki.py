@@ -100,8 +100,8 @@ class _Monitor(mocks.MockMonitor):
 
             inputs = rpc.deserialize_properties(request.object, keep_unknowns=True) or {}
             trigger = (
-                json_format.MessageToDict(request.replacementTrigger)
-                if request.HasField("replacementTrigger")
+                json_format.MessageToDict(request.replacement_trigger)
+                if request.HasField("replacement_trigger")
                 else None
             )
             self.registrations.append(Registration(request.type, request.name, dict(inputs), trigger))
@@ -110,9 +110,14 @@ class _Monitor(mocks.MockMonitor):
 
 def run_mocked(build: Callable[[], Mapping[str, pulumi.Output[Any]]], *, preview: bool = False) -> MockRun:
     """Run `build` as a Pulumi program under mocks; resolve every Output it returns."""
+    # As tests/harness.py: the loop must exist before set_mocks (futures bind to it), and set_mocks's own
+    # root stack must go so run_in_stack can make the one the program runs in.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     settings.reset_options()
     monitor = _Monitor()
     mocks.set_mocks(monitor.mocks, project="kthw", stack="test", preview=preview, monitor=monitor)
+    settings.set_root_resource(None)  # type: ignore[arg-type]
     run = MockRun()
 
     async def collect(outputs: Mapping[str, pulumi.Output[Any]]) -> None:
@@ -122,9 +127,7 @@ def run_mocked(build: Callable[[], Mapping[str, pulumi.Output[Any]]], *, preview
     def program() -> Any:
         return collect(build())
 
-    loop = asyncio.new_event_loop()
     try:
-        asyncio.set_event_loop(loop)
         _sync_await(pulumi.runtime.stack.run_in_stack(program))
     finally:
         asyncio.set_event_loop(None)
@@ -311,9 +314,9 @@ def test_api_server_cert_names_every_way_to_reach_it(shaped: tuple[ClusterConfig
 
 def test_each_worker_has_its_kubelet_cert(shaped: tuple[ClusterConfig, MockRun]) -> None:
     cfg, run = shaped
-    assert sorted(k.split(":", 1)[1] for k in run.values if k.startswith("kubelet:") and k.endswith(".cert")) == [
-        w.name for w in cfg.workers
-    ]
+    assert sorted(
+        k.split(":", 1)[1].removesuffix(".cert") for k in run.values if k.startswith("kubelet:") and k.endswith(".cert")
+    ) == [w.name for w in cfg.workers]
     for w in cfg.workers:
         leaf = cert(run, f"kubelet:{w.name}")
         assert names(leaf, NameOID.COMMON_NAME) == [f"system:node:{w.name}"]
@@ -341,12 +344,12 @@ def test_keys_are_ecdsa_p256_and_leaf_material_rotates(shaped: tuple[ClusterConf
     assert len(keys) == 1 + len(leaf_labels(cfg))
     for reg in keys:
         assert (reg.inputs["algorithm"], reg.inputs["ecdsaCurve"]) == ("ECDSA", "P256"), reg.name
-        expected = None if reg.name == "kthw-pki-ca-key" else {"numberValue": 0.0}
+        expected = None if reg.name == "kthw-pki-ca-key" else 0.0
         assert reg.replacement_trigger == expected, reg.name
     certs = run.of_type(fake_tls.LOCALLY_SIGNED_CERT)
     assert len(certs) == len(leaf_labels(cfg))
     for reg in certs:
-        assert reg.replacement_trigger == {"numberValue": 0.0}, reg.name
+        assert reg.replacement_trigger == 0.0, reg.name
         assert reg.inputs["validityPeriodHours"] == cfg.cert_validity_hours
         assert reg.inputs["earlyRenewalHours"] == pki_mod.early_renewal_hours(cfg.cert_validity_hours)
     (ca,) = run.of_type(fake_tls.SELF_SIGNED_CERT)
@@ -354,6 +357,9 @@ def test_keys_are_ecdsa_p256_and_leaf_material_rotates(shaped: tuple[ClusterConf
     assert ca.inputs["validityPeriodHours"] == pki_mod.CA_VALIDITY_HOURS
     (enc,) = run.of_type(fake_tls.RANDOM_BYTES)
     assert enc.inputs["length"] == 32 and enc.replacement_trigger is None
+
+
+LEAF_STEMS = ("admin", "kube-controller-manager", "kube-proxy", "kube-scheduler", "service-account")
 
 
 def test_resource_names_are_stable() -> None:
@@ -364,8 +370,7 @@ def test_resource_names_are_stable() -> None:
         "kthw-pki-ca",
         *(
             f"kthw-pki-{stem}-{suffix}"
-            for stem in ("admin", "kube-controller-manager", "kube-proxy", "kube-scheduler", "service-account")
-            + ("kubernetes", "worker-0", "worker-1")
+            for stem in (*LEAF_STEMS, "kubernetes", "worker-0", "worker-1")
             for suffix in ("key", "csr", "cert")
         ),
         "kthw-pki-encryption-key",
@@ -376,7 +381,7 @@ def test_rotation_changes_only_the_trigger() -> None:
     base = build_pki(make_config(controllerCount=1, workerCount=1))
     rotated = build_pki(make_config(controllerCount=1, workerCount=1, certRotation=2))
     for reg in rotated.of_type(fake_tls.LOCALLY_SIGNED_CERT):
-        assert reg.replacement_trigger == {"numberValue": 2.0}
+        assert reg.replacement_trigger == 2.0
     # Same inputs everywhere: only the trigger tells the engine to re-issue, and the CA stays put.
     assert {r.name: r.inputs for r in base.registrations} == {r.name: r.inputs for r in rotated.registrations}
     assert rotated.by_name("kthw-pki-ca-key").replacement_trigger is None
@@ -385,17 +390,47 @@ def test_rotation_changes_only_the_trigger() -> None:
 def test_two_evaluations_register_identical_inputs() -> None:
     cfg = make_config(controllerCount=3, workerCount=2)
     first, second = build_pki(cfg), build_pki(cfg)
-    assert [r.name for r in first.registrations] == [r.name for r in second.registrations]
-    tls_regs = [r for r in first.registrations if r.type in TLS_TYPES]
-    assert len(tls_regs) == 1 + 3 * 8 + 2  # CA key + cert, 8 leaves x (key, csr, cert), encryption key
-    for a, b in zip(first.registrations, second.registrations, strict=True):
-        assert a.inputs == b.inputs, a.name
+    tls_first = {r.name: r.inputs for r in first.registrations if r.type in TLS_TYPES}
+    tls_second = {r.name: r.inputs for r in second.registrations if r.type in TLS_TYPES}
+    assert len(tls_first) == 2 + 3 * 8 + 1  # CA key + cert, 8 leaves x (key, csr, cert), encryption key
+    assert tls_first == tls_second
     assert {k: v.value for k, v in first.values.items()} == {k: v.value for k, v in second.values.items()}
 
 
 def test_preview_registers_the_same_resources() -> None:
     cfg = make_config(controllerCount=1, workerCount=1)
-    assert {r.name for r in build_pki(cfg, preview=True).registrations} == {r.name for r in build_pki(cfg).registrations}
+    previewed = {r.name for r in build_pki(cfg, preview=True).registrations}
+    assert previewed == {r.name for r in build_pki(cfg).registrations}
+
+
+def unknown_output() -> pulumi.Output[str]:
+    """An Output as a preview shows a value that does not exist yet (a new static address)."""
+    loop = asyncio.get_event_loop()
+    value: asyncio.Future[str | None] = loop.create_future()
+    value.set_result(None)
+    known: asyncio.Future[bool] = loop.create_future()
+    known.set_result(False)
+    return pulumi.Output(set(), value, known)  # type: ignore[arg-type]
+
+
+def test_preview_before_the_address_exists() -> None:
+    """A first preview: the public address is unknown, so only the API server cert waits for it."""
+    cfg = make_config(controllerCount=1, workerCount=1)
+
+    def build() -> dict[str, pulumi.Output[Any]]:
+        pki = Pki("kthw-pki", PkiArgs(cfg, unknown_output(), {"worker-0": "198.51.100.10"}))
+        return pki_outputs(pki)
+
+    run = run_mocked(build, preview=True)
+    assert not run.values["api_server.cert"].known
+    assert run.values["api_server.key"].known  # the key does not depend on the address
+    for label in ["ca", "admin", "kubelet:worker-0", "service_account"]:
+        assert run.values[f"{label}.cert"].known, label
+        cert(run, label).verify_directly_issued_by(cert(run, "ca"))
+    csr = run.by_name("kthw-pki-kubernetes-csr")
+    assert fake_tls.UNKNOWN in [str(ip) for ip in csr.inputs["ipAddresses"]] or any(
+        type(ip).__name__ == "Unknown" for ip in csr.inputs["ipAddresses"]
+    )
 
 
 def test_missing_worker_ip_is_refused() -> None:
@@ -475,7 +510,16 @@ def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, MockRun
         assert result.returncode == 0, (label, purpose, result.stdout, result.stderr)
     # A client-only cert must not pass as a server cert.
     result = subprocess.run(
-        ["openssl", "verify", "-x509_strict", "-purpose", "sslserver", "-CAfile", str(paths["ca"]), str(paths["admin"])],
+        [
+            "openssl",
+            "verify",
+            "-x509_strict",
+            "-purpose",
+            "sslserver",
+            "-CAfile",
+            str(paths["ca"]),
+            str(paths["admin"]),
+        ],
         capture_output=True,
         text=True,
         check=False,

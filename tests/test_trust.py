@@ -43,9 +43,9 @@ def test_adding_a_worker_only_adds(ha: Recording) -> None:
     assert {n for n in changed if "-smoke-test-" not in n} == set()
     assert {n for n in added if not n.startswith("kthw-worker-3")} == {
         "kthw-network-route-worker-3",
-        "kthw-pki-kubelet-worker-3-key",
-        "kthw-pki-kubelet-worker-3-csr",
-        "kthw-pki-kubelet-worker-3-cert",
+        "kthw-pki-worker-3-key",
+        "kthw-pki-worker-3-csr",
+        "kthw-pki-worker-3-cert",
     }
 
 
@@ -65,7 +65,8 @@ def test_kubernetes_version_changes_only_install_steps(ha: Recording) -> None:
     assert changed and {types[n] for n in changed} == {COMMAND}
     # etcd, containerd and the gates do not care about the Kubernetes version
     assert not [n for n in changed if n.endswith(("-etcd-etcd", "-containerd", "-ssh-ready"))]
-    assert all(f"{c}-binaries" in " ".join(changed) for c in ("controller-0", "worker-2"))
+    assert {"kthw-controller-0-control-plane-binaries", "kthw-worker-2-bootstrap-binaries"} <= changed
+    assert {"kthw-controller-0-control-plane-kube-apiserver", "kthw-worker-2-bootstrap-kubelet"} <= changed
 
 
 def test_admin_source_ranges_change_only_the_external_firewall(ha: Recording) -> None:
@@ -87,7 +88,7 @@ def test_cert_rotation_reissues_leaves_but_not_the_ca(ha: Recording) -> None:
     before = {r.name: r.options["replacement_trigger"] for r in ha.resources}
     rotated_names = {n for n in triggers if triggers[n] != before.get(n)}
     assert "kthw-pki-admin-cert" in rotated_names
-    assert "kthw-pki-kubelet-worker-2-cert" in rotated_names
+    assert "kthw-pki-worker-2-cert" in rotated_names
     assert not [n for n in rotated_names if n.startswith("kthw-pki-ca")]
 
 

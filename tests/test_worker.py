@@ -26,6 +26,7 @@ from components import config as config_module
 from components import remote, worker
 from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
+from components.render import render
 
 CONFIG = config_module.load(
     {"controllerCount": 3, "workerCount": 3},
@@ -128,9 +129,7 @@ def test_containerd_reads_the_config(tmp_path: Path) -> None:
     assert match, version
     path = tmp_path / "config.toml"
     path.write_text(worker.render_containerd_config())
-    dump = subprocess.run(
-        [binary, "--config", str(path), "config", "dump"], capture_output=True, text=True, timeout=30
-    )
+    dump = subprocess.run([binary, "--config", str(path), "config", "dump"], capture_output=True, text=True, timeout=30)
     assert dump.returncode == 0, dump.stderr
     if int(match.group(1)) < 2:
         pytest.skip(
@@ -273,10 +272,10 @@ def test_prepare_script() -> None:
     assert "net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1" in script
     assert "/etc/modules-load.d/" in script and "/etc/sysctl.d/" in script
     assert "{{" not in script
-    # Every message a failure prints names the node and the step.
-    for message in re.findall(r'fail "([^"]*)"', script):
-        assert message  # fail() prefixes "kthw: <node>: worker prepare:"
-    assert 'echo "kthw: ${node}: worker prepare: $*" >&2' in script
+    # Every message the script itself prints to stderr names the node and the step.
+    messages = [line for line in script.splitlines() if line.rstrip().endswith(">&2")]
+    assert len(messages) == 2
+    assert all('"kthw: ${node}: worker prepare: ' in line for line in messages), messages
 
 
 def test_ready_script() -> None:
@@ -286,6 +285,51 @@ def test_ready_script() -> None:
     assert "--kubeconfig /var/lib/kubelet/kubeconfig" in script
     assert 'echo "kthw: ${node}: worker start: $*" >&2' in script
     assert "journalctl -u" in script and "systemctl status" in script
+
+
+def _run_ready(tmp_path: Path, *, active: str, ready: str) -> subprocess.CompletedProcess[str]:
+    """ready.sh (with a zero wait) against stub sudo, systemctl, journalctl and kubectl."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    programs = {
+        # sudo runs its command, with the node's kubectl mapped to the stub.
+        "sudo": 'if [ "$1" = /usr/local/bin/kubectl ]; then shift; exec kubectl "$@"; fi\nexec "$@"',
+        "systemctl": f'if [ "$1" = is-active ]; then exit {active}; fi\necho "status of $*"',
+        "journalctl": 'echo "journal of $*"',
+        "kubectl": f'printf %s "{ready}"',
+    }
+    for name, body in programs.items():
+        (stubs / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (stubs / name).chmod(0o755)
+    script = render("worker/ready.sh", node="worker-0", units="containerd kubelet", timeout_seconds=0, kubeconfig="/k")
+    return subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": f"{stubs}:/usr/bin:/bin"},
+    )
+
+
+def test_ready_script_passes_when_the_node_is_ready(tmp_path: Path) -> None:
+    result = _run_ready(tmp_path, active="0", ready="True")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "kthw: worker-0: worker start: containerd kubelet active; node Ready\n"
+
+
+def test_ready_script_names_the_inactive_unit(tmp_path: Path) -> None:
+    result = _run_ready(tmp_path, active="3", ready="True")
+    assert result.returncode == 1
+    assert result.stderr.startswith("kthw: worker-0: worker start: containerd is not active\n")
+    assert "status of status --no-pager --lines=0 kubelet" in result.stderr
+    assert "journal of -u kubelet -n 25 --no-pager" in result.stderr
+
+
+def test_ready_script_names_a_node_that_is_not_ready(tmp_path: Path) -> None:
+    result = _run_ready(tmp_path, active="0", ready="False")
+    assert result.returncode == 1
+    assert result.stderr.startswith("kthw: worker-0: worker start: node worker-0 is not Ready in the API server")
+    assert "(Ready=False)" in result.stderr
 
 
 def test_prepare_fstab_edit(tmp_path: Path) -> None:
@@ -337,7 +381,7 @@ class _Mocks(mocks.Mocks):
 
 
 def _secret(value: Any) -> bool:
-    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig  # type: ignore[attr-defined]
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
 
 
 def _plain(value: Any) -> Any:
@@ -346,14 +390,21 @@ def _plain(value: Any) -> Any:
 
 def _build(cfg: ClusterConfig) -> dict[str, dict[str, Any]]:
     """Three WorkerNodes, each on its own gate, all waiting on one stand-in for the control plane."""
+    # As tests/harness.py does: the runtime's futures bind to the loop current when set_mocks runs,
+    # and set_mocks' own root stack is dropped so run_in_stack's stack is the root.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     settings.reset_options()
     m = _Mocks()
     monitor = _Monitor(m)
-    mocks.set_mocks(m, project="kthw", stack="test", preview=False, monitor=monitor)  # type: ignore[arg-type]
 
     def program() -> None:
         ca = CertPair(pulumi.Output.from_input("CA-CERT"), pulumi.Output.secret("CA-KEY"))
-        control_plane = command_remote.Command("control-plane-ready", create="true")
+        control_plane = command_remote.Command(
+            "control-plane-ready",
+            connection=command_remote.ConnectionArgs(host="198.51.100.100", user="kthw"),
+            create="true",
+        )
         for spec in cfg.workers:
             connection = command_remote.ConnectionArgs(host=f"198.51.100.{spec.index}", user="kthw")
             gate = command_remote.Command(f"{spec.name}-gate", connection=connection, create="true")
@@ -373,9 +424,9 @@ def _build(cfg: ClusterConfig) -> dict[str, dict[str, Any]]:
                 ),
             )
 
-    loop = asyncio.new_event_loop()
     try:
-        asyncio.set_event_loop(loop)
+        mocks.set_mocks(m, project="kthw", stack="test", preview=False, monitor=monitor)
+        settings.set_root_resource(None)  # type: ignore[arg-type]
         _sync_await(pulumi.runtime.stack.run_in_stack(program))
     finally:
         asyncio.set_event_loop(None)

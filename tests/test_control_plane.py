@@ -1,0 +1,539 @@
+"""Control-plane bootstrap (KTHW ch. 8): units, scheduler config and health script, checked with real tools; the wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+import shlex
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+from pulumi.runtime import mocks, rpc, settings
+from pulumi.runtime.sync_await import _sync_await
+from pulumi_command import remote as command_remote
+
+from components import config as config_module
+from components import control_plane as cp
+from components import etcd, remote
+from components.config import ClusterConfig
+from components.kubeconfig import encryption_config_output
+from components.pki import Pki, PkiArgs
+from components.render import render
+from tests import fake_tls
+
+GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "p"}
+CONFIG = config_module.load({"controllerCount": 3, "workerCount": 1}, GCP)
+CONTROLLERS = CONFIG.controllers
+PUBLIC = "203.0.113.7"
+UNITS: dict[str, Callable[[ClusterConfig], str]] = {
+    "kube-apiserver": lambda c: cp.render_api_server_unit(c, c.controllers[0], PUBLIC),
+    "kube-controller-manager": cp.render_controller_manager_unit,
+    "kube-scheduler": cp.render_scheduler_unit,
+    "etcd": lambda c: etcd.render_etcd_unit(c, c.controllers[0]),
+}
+
+
+# --- unit parsing ----------------------------------------------------------------------------------
+
+
+def directives(unit: str) -> dict[str, list[str]]:
+    """Every Key=value of a unit, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", unit)
+    out: dict[str, list[str]] = {}
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key, []).append(value.strip())
+    return out
+
+
+def exec_start(unit: str) -> tuple[str, list[tuple[str, str | None]]]:
+    """ExecStart's binary and its flags in order: --flag=value, --flag value, or a bare --flag (None)."""
+    (command,) = directives(unit)["ExecStart"]
+    binary, *tokens = shlex.split(command)
+    flags: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        assert token.startswith("--"), f"stray argument {token!r}"
+        if "=" in token:
+            key, _, value = token.partition("=")
+            flags.append((key[2:], value))
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            flags.append((token[2:], tokens[i + 1]))
+            i += 1
+        else:
+            flags.append((token[2:], None))
+        i += 1
+    return binary, flags
+
+
+def flag_dict(unit: str) -> tuple[str, dict[str, str | None]]:
+    binary, flags = exec_start(unit)
+    out: dict[str, str | None] = {}
+    for key, value in flags:
+        assert key not in out, f"--{key} given twice"
+        out[key] = value
+    return binary, out
+
+
+# --- units -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", CONTROLLERS, ids=lambda s: s.name)
+def test_api_server_unit(spec: config_module.NodeSpec) -> None:
+    unit = cp.render_api_server_unit(CONFIG, spec, PUBLIC)
+    assert unit.startswith("# kthw: kube-apiserver 1.36.4\n")
+    binary, flags = flag_dict(unit)
+    assert binary == "/usr/local/bin/kube-apiserver"
+    k8s = "/var/lib/kubernetes"
+    assert flags == {
+        "advertise-address": spec.internal_ip,
+        "allow-privileged": "true",
+        "audit-log-maxage": "30",
+        "audit-log-maxbackup": "3",
+        "audit-log-maxsize": "100",
+        "audit-log-path": "/var/log/audit.log",
+        "authorization-mode": "Node,RBAC",
+        "bind-address": "0.0.0.0",
+        "client-ca-file": f"{k8s}/ca.pem",
+        "enable-admission-plugins": (
+            "NamespaceLifecycle,NodeRestriction,LimitRanger,ServiceAccount,DefaultStorageClass,ResourceQuota"
+        ),
+        "etcd-cafile": f"{k8s}/ca.pem",
+        "etcd-certfile": f"{k8s}/kubernetes.pem",
+        "etcd-keyfile": f"{k8s}/kubernetes-key.pem",
+        "etcd-servers": "https://10.240.0.10:2379,https://10.240.0.11:2379,https://10.240.0.12:2379",
+        "event-ttl": "1h",
+        "encryption-provider-config": f"{k8s}/encryption-config.yaml",
+        "kubelet-certificate-authority": f"{k8s}/ca.pem",
+        "kubelet-client-certificate": f"{k8s}/kubernetes.pem",
+        "kubelet-client-key": f"{k8s}/kubernetes-key.pem",
+        "runtime-config": "api/all=true",
+        "service-account-key-file": f"{k8s}/service-account.pem",
+        "service-account-signing-key-file": f"{k8s}/service-account-key.pem",
+        "service-account-issuer": "https://203.0.113.7:6443",
+        "service-cluster-ip-range": "10.32.0.0/24",
+        "service-node-port-range": "30000-32767",
+        "tls-cert-file": f"{k8s}/kubernetes.pem",
+        "tls-private-key-file": f"{k8s}/kubernetes-key.pem",
+        "v": "2",
+    }
+    d = directives(unit)
+    assert d["Restart"] == ["on-failure"] and d["WantedBy"] == ["multi-user.target"]
+
+
+def test_api_server_unit_refuses_a_worker_and_an_empty_address() -> None:
+    with pytest.raises(ValueError, match="worker-0"):
+        cp.render_api_server_unit(CONFIG, CONFIG.workers[0], PUBLIC)
+    with pytest.raises(ValueError, match="public address"):
+        cp.render_api_server_unit(CONFIG, CONTROLLERS[0], "")
+
+
+def test_controller_manager_unit() -> None:
+    unit = cp.render_controller_manager_unit(CONFIG)
+    assert unit.startswith("# kthw: kube-controller-manager 1.36.4\n")
+    binary, flags = flag_dict(unit)
+    assert binary == "/usr/local/bin/kube-controller-manager"
+    kubeconfig = "/var/lib/kubernetes/kube-controller-manager.kubeconfig"
+    assert flags == {
+        "bind-address": "0.0.0.0",
+        "cluster-cidr": "10.200.0.0/16",
+        "cluster-name": "kubernetes",
+        "cluster-signing-cert-file": "/var/lib/kubernetes/ca.pem",
+        "cluster-signing-key-file": "/var/lib/kubernetes/ca-key.pem",
+        "kubeconfig": kubeconfig,
+        "authentication-kubeconfig": kubeconfig,
+        "authorization-kubeconfig": kubeconfig,
+        "leader-elect": "true",
+        "root-ca-file": "/var/lib/kubernetes/ca.pem",
+        "service-account-private-key-file": "/var/lib/kubernetes/service-account-key.pem",
+        "service-cluster-ip-range": "10.32.0.0/24",
+        "use-service-account-credentials": "true",
+        "v": "2",
+    }
+    # Routes, not the node IPAM controller, hand out pod CIDRs (KTHW ch. 11).
+    assert "allocate-node-cidrs" not in flags
+
+
+def test_scheduler_unit_and_config() -> None:
+    unit = cp.render_scheduler_unit(CONFIG)
+    assert unit.startswith("# kthw: kube-scheduler 1.36.4\n")
+    assert flag_dict(unit) == (
+        "/usr/local/bin/kube-scheduler",
+        {"config": "/etc/kubernetes/config/kube-scheduler.yaml", "v": "2"},
+    )
+    assert yaml.safe_load(cp.render_scheduler_config()) == {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": "/var/lib/kubernetes/kube-scheduler.kubeconfig"},
+        "leaderElection": {"leaderElect": True},
+    }
+
+
+def test_config_values_flow_into_the_units() -> None:
+    other = config_module.load(
+        {
+            "controllerCount": 1,
+            "clusterCidr": "10.100.0.0/16",
+            "serviceCidr": "10.96.0.0/24",
+            "kubernetesVersion": "1.36.5",
+        },
+        GCP,
+    )
+    api = cp.render_api_server_unit(other, other.controllers[0], "198.51.100.9")
+    _, flags = flag_dict(api)
+    assert flags["etcd-servers"] == "https://10.240.0.10:2379"
+    assert flags["service-cluster-ip-range"] == "10.96.0.0/24"
+    assert flags["service-account-issuer"] == "https://198.51.100.9:6443"
+    _, cm = flag_dict(cp.render_controller_manager_unit(other))
+    assert cm["cluster-cidr"] == "10.100.0.0/16" and cm["service-cluster-ip-range"] == "10.96.0.0/24"
+    for render_unit in UNITS.values():
+        assert re.match(r"# kthw: [a-z-]+ (1\.36\.5|3\.6\.14)\n", render_unit(other))
+
+
+@pytest.mark.parametrize("name", sorted(UNITS))
+def test_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = UNITS[name](CONFIG)
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    (tmp_path / f"etc/systemd/system/{name}.service").write_text(unit)
+    for command in directives(unit)["ExecStart"]:
+        stub = tmp_path / shlex.split(command)[0].lstrip("/")
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--recursive-errors=no", f"--root={tmp_path}", f"{name}.service"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if result.returncode != 0 and "Failed to" in result.stderr and name not in result.stderr:
+        pytest.skip(f"systemd-analyze cannot run here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    assert f"{name}.service" not in result.stderr, result.stderr
+
+
+# --- the health script -----------------------------------------------------------------------------
+
+
+def scripts() -> dict[str, str]:
+    return {f"healthy-{s.name}": cp.render_health_script(s) for s in CONTROLLERS}
+
+
+@pytest.mark.parametrize("name", sorted(scripts()))
+def test_shellcheck(name: str, tmp_path: Path) -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+    path = tmp_path / f"{name}.sh"
+    path.write_text(scripts()[name])
+    result = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_health_script_checks_the_local_api_with_the_admin_kubeconfig() -> None:
+    script = cp.render_health_script(CONTROLLERS[1])
+    assert 'node="controller-1"' in script
+    assert "units=(kube-apiserver kube-controller-manager kube-scheduler)" in script
+    assert 'kubeconfig="/var/lib/kubernetes/admin.kubeconfig"' in script
+    assert 'kubectl="/usr/local/bin/kubectl"' in script
+    assert "timeout=300" in script
+    assert "-key" not in script  # the client key stays inside the kubeconfig
+
+
+def _run_health(tmp_path: Path, kubectl_answer: str, timeout: int) -> subprocess.CompletedProcess[str]:
+    """healthy.sh against stand-ins: sudo runs its arguments, systemctl says active, kubectl answers as told."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {
+        "sudo": 'exec "$@"',
+        "systemctl": "exit 0",
+        "journalctl": "echo journal-of-$2",
+        "kubectl": f'echo "$@" >>{tmp_path}/kubectl.log; {kubectl_answer}',
+    }
+    for stub, body in stubs.items():
+        (bin_dir / stub).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / stub).chmod(0o755)
+    script = render(
+        "control-plane/healthy.sh",
+        node="controller-2",
+        units=" ".join(cp.UNITS),
+        kubectl=str(bin_dir / "kubectl"),
+        kubeconfig="/var/lib/kubernetes/admin.kubeconfig",
+        timeout_seconds=timeout,
+    )
+    path = tmp_path / "healthy.sh"
+    path.write_text(script)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    return subprocess.run(["bash", str(path)], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_health_script_passes_when_healthz_and_readyz_are_ok(tmp_path: Path) -> None:
+    result = _run_health(tmp_path, "echo ok", 30)
+    assert result.returncode == 0, result.stderr
+    assert "kthw: controller-2: control-plane health:" in result.stdout
+    calls = (tmp_path / "kubectl.log").read_text().splitlines()
+    assert calls == [
+        "--kubeconfig /var/lib/kubernetes/admin.kubeconfig --request-timeout=10s get --raw /healthz",
+        "--kubeconfig /var/lib/kubernetes/admin.kubeconfig --request-timeout=10s get --raw /readyz",
+    ]
+
+
+def test_health_script_fails_naming_node_step_and_last_answer(tmp_path: Path) -> None:
+    result = _run_health(tmp_path, 'echo "[-]etcd failed: reason withheld"; exit 1', 4)
+    assert result.returncode != 0
+    assert "kthw: controller-2: control-plane health: /healthz is not ok after 4s" in result.stderr
+    assert "last answer: [-]etcd failed: reason withheld" in result.stderr
+    assert "journal-of-kube-apiserver" in result.stderr
+
+
+# --- the components under mocks -------------------------------------------------------------------
+
+
+class _Monitor(mocks.MockMonitor):
+    """Records each registration's type, name, parent, dependencies and inputs (secret markers kept)."""
+
+    def __init__(self, m: mocks.Mocks) -> None:
+        super().__init__(m)
+        self.names: dict[str, str] = {}
+        self.registered: dict[str, dict[str, Any]] = {}
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
+        response = super().RegisterResource(request)
+        self.names[response.urn] = request.name
+        deps = set(request.dependencies)
+        for prop in request.propertyDependencies.values():
+            deps.update(prop.urns)
+        self.registered[request.name] = {
+            "type": request.type,
+            "parent": request.parent,
+            "deps": deps,
+            "inputs": rpc.deserialize_properties(request.object, keep_unknowns=True, keep_internal=True) or {},
+        }
+        return response
+
+
+class _Mocks(mocks.Mocks):
+    """tls and random resources get real values (tests/fake_tls.py); everything else echoes its inputs."""
+
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        outputs = dict(args.inputs)
+        outputs.update(fake_tls.new_resource(args.typ, args.name, args.inputs) or {})
+        return f"{args.name}-id", outputs
+
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+def secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig  # type: ignore[attr-defined]
+
+
+def plain(value: Any) -> Any:
+    return value["value"] if secret(value) else value
+
+
+def bundle(rec: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """The files a deploy step carries on stdin: path -> (content, mode)."""
+    raw = base64.b64decode(plain(rec["inputs"]["stdin"]))
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return {
+            "/" + m.name: (tar.extractfile(m).read().decode(), m.mode)  # type: ignore[union-attr]
+            for m in tar.getmembers()
+        }
+
+
+def build(cfg: ClusterConfig = CONFIG) -> dict[str, dict[str, Any]]:
+    """The real Pki, one EtcdMember and one ControlPlaneNode per controller, each on its own gate."""
+    settings.reset_options()
+    m = _Mocks()
+    monitor = _Monitor(m)
+    mocks.set_mocks(m, project="kthw", stack="test", preview=False, monitor=monitor)  # type: ignore[arg-type]
+
+    def program() -> None:
+        pki = Pki(
+            "pki",
+            PkiArgs(config=cfg, public_address=PUBLIC, worker_external_ips={w.name: "198.51.100.50" for w in cfg.workers}),
+        )
+        hosts = {}
+        for spec in cfg.controllers:
+            connection = command_remote.ConnectionArgs(host=f"198.51.100.{spec.index}", user="kthw")
+            gate = command_remote.Command(f"{spec.name}-gate", connection=connection, create="true")
+            hosts[spec.name] = remote.Host(spec.name, connection, gate)
+        members = [
+            etcd.EtcdMember(
+                f"{spec.name}-etcd",
+                etcd.EtcdMemberArgs(cfg, spec, hosts[spec.name], ca=pki.ca, server=pki.api_server),
+            )
+            for spec in cfg.controllers
+        ]
+        encryption = encryption_config_output(pki.encryption_key)
+        for spec in cfg.controllers:
+            cp.ControlPlaneNode(
+                f"{spec.name}-cp",
+                cp.ControlPlaneArgs(
+                    config=cfg,
+                    spec=spec,
+                    host=hosts[spec.name],
+                    public_address=pulumi.Output.from_input(PUBLIC),
+                    pki=pki,
+                    encryption_config=encryption,
+                    etcd_members=[member.started for member in members],
+                ),
+            )
+
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        _sync_await(pulumi.runtime.stack.run_in_stack(program))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    for rec in monitor.registered.values():
+        rec["deps"] = {monitor.names.get(d, d) for d in rec["deps"]}
+        rec["parent"] = monitor.names.get(rec["parent"], rec["parent"])
+    return monitor.registered
+
+
+@pytest.fixture(scope="module")
+def wired() -> dict[str, dict[str, Any]]:
+    return build()
+
+
+def ancestors(reg: dict[str, dict[str, Any]], name: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(reg[name]["deps"])
+    while stack:
+        dep = stack.pop()
+        if dep not in seen and dep in reg:
+            seen.add(dep)
+            stack.extend(reg[dep]["deps"])
+    return seen
+
+
+CP_STEPS = ("binaries", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "healthy")
+
+
+def test_components_register_their_steps(wired: dict[str, dict[str, Any]]) -> None:
+    for spec in CONTROLLERS:
+        n = spec.name
+        assert wired[f"{n}-etcd"]["type"] == "kthw:index:EtcdMember"
+        assert wired[f"{n}-cp"]["type"] == "kthw:index:ControlPlaneNode"
+        for step in ("binaries", "etcd"):
+            assert wired[f"{n}-etcd-{step}"]["type"] == "command:remote:Command"
+            assert wired[f"{n}-etcd-{step}"]["parent"] == f"{n}-etcd"
+        for step in CP_STEPS:
+            assert wired[f"{n}-cp-{step}"]["type"] == "command:remote:Command"
+            assert wired[f"{n}-cp-{step}"]["parent"] == f"{n}-cp"
+
+
+@pytest.mark.parametrize("spec", CONTROLLERS, ids=lambda s: s.name)
+def test_dependency_wiring(wired: dict[str, dict[str, Any]], spec: config_module.NodeSpec) -> None:
+    n = spec.name
+    every_etcd = {f"{c.name}-etcd-etcd" for c in CONTROLLERS}
+    assert {f"{n}-gate"} <= wired[f"{n}-etcd-binaries"]["deps"]
+    assert {f"{n}-gate", f"{n}-etcd-binaries"} <= wired[f"{n}-etcd-etcd"]["deps"]
+    # Members start in parallel: none waits for another controller's anything.
+    assert all(a.startswith((f"{n}-", "pki")) for a in ancestors(wired, f"{n}-etcd-etcd"))
+    # Downloads run while etcd starts; no API server starts before every member is installed.
+    assert not ancestors(wired, f"{n}-cp-binaries") & every_etcd
+    assert every_etcd | {f"{n}-cp-binaries", f"{n}-gate"} <= wired[f"{n}-cp-kube-apiserver"]["deps"]
+    for step in ("kube-controller-manager", "kube-scheduler"):
+        assert {f"{n}-cp-binaries", f"{n}-cp-kube-apiserver"} <= wired[f"{n}-cp-{step}"]["deps"]
+    assert {f"{n}-cp-kube-apiserver", f"{n}-cp-kube-controller-manager", f"{n}-cp-kube-scheduler"} <= wired[
+        f"{n}-cp-healthy"
+    ]["deps"]
+    # A controller's control plane waits on no other controller's control plane.
+    others = {f"{c.name}-cp" for c in CONTROLLERS if c.name != n}
+    assert not {a.rsplit("-", 1)[0] for a in ancestors(wired, f"{n}-cp-healthy")} & others
+
+
+@pytest.mark.parametrize("spec", CONTROLLERS, ids=lambda s: s.name)
+def test_etcd_deploy(wired: dict[str, dict[str, Any]], spec: config_module.NodeSpec) -> None:
+    rec = wired[f"{spec.name}-etcd-etcd"]
+    assert secret(rec["inputs"]["stdin"])
+    files = bundle(rec)
+    assert {path: mode for path, (_, mode) in files.items()} == {
+        "/etc/systemd/system/etcd.service": 0o644,
+        "/etc/etcd/ca.pem": 0o644,
+        "/etc/etcd/kubernetes.pem": 0o644,
+        "/etc/etcd/kubernetes-key.pem": 0o600,
+    }
+    assert files["/etc/systemd/system/etcd.service"][0] == etcd.render_etcd_unit(CONFIG, spec)
+    assert "PRIVATE KEY" in files["/etc/etcd/kubernetes-key.pem"][0]
+    create = str(rec["inputs"]["create"])
+    assert "--no-block" in create and "PRIVATE KEY" not in create
+    assert "etcd-v3.6.14-linux-amd64.tar.gz" in str(wired[f"{spec.name}-etcd-binaries"]["inputs"]["create"])
+
+
+@pytest.mark.parametrize("spec", CONTROLLERS, ids=lambda s: s.name)
+def test_control_plane_deploys(wired: dict[str, dict[str, Any]], spec: config_module.NodeSpec) -> None:
+    n, k8s = spec.name, "/var/lib/kubernetes"
+    binaries = str(wired[f"{n}-cp-binaries"]["inputs"]["create"])
+    for binary in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"):
+        assert f"/v1.36.4/bin/linux/amd64/{binary} " in binaries
+
+    api = wired[f"{n}-cp-kube-apiserver"]
+    assert secret(api["inputs"]["stdin"])
+    files = bundle(api)
+    assert {path: mode for path, (_, mode) in files.items()} == {
+        "/etc/systemd/system/kube-apiserver.service": 0o644,
+        f"{k8s}/ca.pem": 0o644,
+        f"{k8s}/kubernetes.pem": 0o644,
+        f"{k8s}/kubernetes-key.pem": 0o600,
+        f"{k8s}/service-account.pem": 0o644,
+        f"{k8s}/service-account-key.pem": 0o600,
+        f"{k8s}/encryption-config.yaml": 0o600,
+        f"{k8s}/admin.kubeconfig": 0o600,
+    }
+    assert files["/etc/systemd/system/kube-apiserver.service"][0] == cp.render_api_server_unit(CONFIG, spec, PUBLIC)
+    encryption = yaml.safe_load(files[f"{k8s}/encryption-config.yaml"][0])
+    assert encryption["kind"] == "EncryptionConfiguration"
+    admin = yaml.safe_load(files[f"{k8s}/admin.kubeconfig"][0])
+    assert admin["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
+    assert admin["users"][0]["name"] == "admin"
+    assert "PRIVATE KEY" not in str(api["inputs"]["create"])
+
+    cm_files = bundle(wired[f"{n}-cp-kube-controller-manager"])
+    assert {path: mode for path, (_, mode) in cm_files.items()} == {
+        "/etc/systemd/system/kube-controller-manager.service": 0o644,
+        f"{k8s}/ca.pem": 0o644,
+        f"{k8s}/ca-key.pem": 0o600,
+        f"{k8s}/service-account-key.pem": 0o600,
+        f"{k8s}/kube-controller-manager.kubeconfig": 0o600,
+    }
+    # The shared files carry the same content in both steps.
+    assert cm_files[f"{k8s}/ca.pem"] == files[f"{k8s}/ca.pem"]
+    assert cm_files[f"{k8s}/service-account-key.pem"] == files[f"{k8s}/service-account-key.pem"]
+    cm = yaml.safe_load(cm_files[f"{k8s}/kube-controller-manager.kubeconfig"][0])
+    assert cm["users"][0]["name"] == "system:kube-controller-manager"
+    assert cm["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
+
+    sched = wired[f"{n}-cp-kube-scheduler"]
+    sched_files = bundle(sched)
+    assert set(sched_files) == {
+        "/etc/systemd/system/kube-scheduler.service",
+        "/etc/kubernetes/config/kube-scheduler.yaml",
+        f"{k8s}/kube-scheduler.kubeconfig",
+    }
+    assert sched_files[f"{k8s}/kube-scheduler.kubeconfig"][1] == 0o600
+    sk = yaml.safe_load(sched_files[f"{k8s}/kube-scheduler.kubeconfig"][0])
+    assert sk["users"][0]["name"] == "system:kube-scheduler"
+
+    healthy = wired[f"{n}-cp-healthy"]
+    (trigger,) = healthy["inputs"]["triggers"]
+    assert not secret(trigger) and re.fullmatch(r"[0-9a-f]{64}", trigger)
+    assert plain(healthy["inputs"]["create"]) == cp.render_health_script(spec)
