@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -143,12 +142,6 @@ class ControlPlaneArgs:
     etcd_members: Sequence[pulumi.Resource]
 
 
-def _fingerprint(files: Sequence[remote.RemoteFile]) -> pulumi.Output[str]:
-    """A SHA-256 of a step's files, not secret: a digest reveals nothing of the keys inside."""
-    digest = remote.bundle(files).apply(lambda packed: hashlib.sha256(packed.encode()).hexdigest())
-    return pulumi.Output.unsecret(digest)
-
-
 class ControlPlaneNode(pulumi.ComponentResource):
     """Bootstraps one controller's control plane: binaries, one deploy per service, then a health check."""
 
@@ -234,7 +227,7 @@ class ControlPlaneNode(pulumi.ComponentResource):
             host,
             render_health_script(spec),
             parent=self,
-            triggers=[_fingerprint(api_server_files + controller_manager_files + scheduler_files)],
+            triggers=[remote.fingerprint(api_server_files + controller_manager_files + scheduler_files)],
             depends_on=[api_server, controller_manager, scheduler],
         )
         self.register_outputs({"internal_ip": spec.internal_ip, "local_server": LOCAL_SERVER})

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from pulumi.runtime import mocks, rpc
+from pulumi.runtime import mocks, rpc, settings
 from pulumi.runtime.sync_await import _sync_await
 from pulumi_command import remote as command_remote
 from pulumi_gcp import compute
@@ -121,11 +121,15 @@ class Recording:
 
 def record(build: Callable[[], None], *, preview: bool = False) -> Recording:
     """Run `build` in a stack under mocks and return every resource it registered."""
-    monitor = _Monitor()
-    mocks.set_mocks(monitor.mocks, project="kthw", stack="unit", preview=preview, monitor=monitor)
+    # The runtime's futures bind to the loop current when they are made, set_mocks included.
     loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    settings.reset_options()
+    monitor = _Monitor()
     try:
-        asyncio.set_event_loop(loop)
+        mocks.set_mocks(monitor.mocks, project="kthw", stack="unit", preview=preview, monitor=monitor)
+        # set_mocks makes a root stack of its own; run_in_stack makes the one that collects resources.
+        settings.set_root_resource(None)  # type: ignore[arg-type]
         _sync_await(pulumi.runtime.stack.run_in_stack(build))
     finally:
         asyncio.set_event_loop(None)
@@ -137,9 +141,13 @@ def record(build: Callable[[], None], *, preview: bool = False) -> Recording:
 
 def fake_host(name: str) -> tuple[remote.Host, compute.Instance]:
     """A node as node.py would hand it over: an instance and an SSH gate (both mocked)."""
-    instance = compute.Instance(f"{name}-instance", name=name, machine_type="e2-small", boot_disk={}, network_interfaces=[])
+    instance = compute.Instance(
+        f"{name}-instance", name=name, machine_type="e2-small", boot_disk={}, network_interfaces=[]
+    )
     gate = command_remote.Command(
-        f"{name}-gate", connection=command_remote.ConnectionArgs(host=ADDRESS), create="true",
+        f"{name}-gate",
+        connection=command_remote.ConnectionArgs(host=ADDRESS),
+        create="true",
         opts=pulumi.ResourceOptions(depends_on=[instance]),
     )
     conn = remote.connection(f"{name}.example", "kthw", pulumi.Output.secret("key"))
@@ -184,7 +192,7 @@ def test_every_api_frontend_template_is_used() -> None:
 def _cert(
     subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey] | None, dns: list[str]
 ) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     issuer_name, issuer_key = issuer or (subject, key)
     builder = (
         x509.CertificateBuilder()
@@ -206,7 +214,9 @@ def _cert(
 def _pem(obj: x509.Certificate | ec.EllipticCurvePrivateKey) -> bytes:
     if isinstance(obj, x509.Certificate):
         return obj.public_bytes(serialization.Encoding.PEM)
-    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return obj.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @dataclass
@@ -222,8 +232,12 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     ca = _cert("kthw-ca", ca_key, None, [])
     other = _cert("other-ca", other_key, None, [])
     api = _cert("kubernetes", api_key, ("kthw-ca", ca_key), ["kubernetes", "kubernetes.default"])
-    paths = {"ca": tmp_path / "ca.pem", "other": tmp_path / "other.pem", "cert": tmp_path / "api.pem",
-             "key": tmp_path / "api-key.pem"}
+    paths = {
+        "ca": tmp_path / "ca.pem",
+        "other": tmp_path / "other.pem",
+        "cert": tmp_path / "api.pem",
+        "key": tmp_path / "api-key.pem",
+    }
     for label, obj in (("ca", ca), ("other", other), ("cert", api), ("key", api_key)):
         paths[label].write_bytes(_pem(obj))
     return paths
@@ -234,7 +248,7 @@ def upstream(pki: dict[str, Path]) -> Iterator[_Upstream]:
     """A stand-in for kube-apiserver: TLS on loopback, /healthz answers `ok`."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             body = b"ok" if self.path == "/healthz" else b"not found"
             self.send_response(200 if self.path == "/healthz" else 404)
             self.send_header("Content-Length", str(len(body)))
@@ -327,7 +341,9 @@ def test_nginx_refuses_an_api_signed_by_another_ca(tmp_path: Path, pki: dict[str
 
 def build_frontend(cfg: ClusterConfig) -> None:
     hosts, instances = zip(*(fake_host(c.name) for c in cfg.controllers), strict=True)
-    healthy = command_remote.Command("control-plane-healthy", create="true")
+    healthy = command_remote.Command(
+        "control-plane-healthy", connection=command_remote.ConnectionArgs(host=ADDRESS), create="true"
+    )
     ApiFrontend(
         "api",
         ApiFrontendArgs(
@@ -403,7 +419,7 @@ def test_each_controller_gets_nginx_then_the_proxy_after_the_control_plane(front
         proxy = frontend[f"api-{node}-healthz-proxy"]
         assert {f"{node}-gate", f"api-{node}-nginx", "control-plane-healthy"} <= proxy.depends_on
         assert HEALTHZ_SITE_PATH in proxy.inputs["create"]
-        assert "step=\"healthz-proxy\"" in proxy.inputs["create"]
+        assert 'step="healthz-proxy"' in proxy.inputs["create"]
         assert "units=(nginx)" in proxy.inputs["create"]
         # A plain config file: the step is not secret, so its log stays readable.
         assert "stdin" not in proxy.secret_inputs

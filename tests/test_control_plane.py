@@ -1,4 +1,4 @@
-"""Control-plane bootstrap (KTHW ch. 8): units, scheduler config and health script, checked with real tools; the wiring."""
+"""Control-plane bootstrap (KTHW ch. 8): units, scheduler config and health script against real tools; the wiring."""
 
 from __future__ import annotations
 
@@ -358,15 +358,13 @@ def bundle(rec: dict[str, Any]) -> dict[str, tuple[str, int]]:
 
 def build(cfg: ClusterConfig = CONFIG) -> dict[str, dict[str, Any]]:
     """The real Pki, one EtcdMember and one ControlPlaneNode per controller, each on its own gate."""
-    settings.reset_options()
-    m = _Mocks()
-    monitor = _Monitor(m)
-    mocks.set_mocks(m, project="kthw", stack="test", preview=False, monitor=monitor)  # type: ignore[arg-type]
 
     def program() -> None:
         pki = Pki(
             "pki",
-            PkiArgs(config=cfg, public_address=PUBLIC, worker_external_ips={w.name: "198.51.100.50" for w in cfg.workers}),
+            PkiArgs(
+                config=cfg, public_address=PUBLIC, worker_external_ips={w.name: "198.51.100.50" for w in cfg.workers}
+            ),
         )
         hosts = {}
         for spec in cfg.controllers:
@@ -395,9 +393,16 @@ def build(cfg: ClusterConfig = CONFIG) -> dict[str, dict[str, Any]]:
                 ),
             )
 
+    # The runtime's futures bind to the loop current when they are made, set_mocks's root stack
+    # among them: the loop comes first. That root stack is then dropped for run_in_stack's own.
     loop = asyncio.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
+        settings.reset_options()
+        m = _Mocks()
+        monitor = _Monitor(m)
+        mocks.set_mocks(m, project="kthw", stack="test", preview=False, monitor=monitor)  # type: ignore[arg-type]
+        settings.set_root_resource(None)  # type: ignore[arg-type]
         _sync_await(pulumi.runtime.stack.run_in_stack(program))
     finally:
         asyncio.set_event_loop(None)

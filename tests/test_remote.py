@@ -48,12 +48,15 @@ def shims(tmp_path: Path) -> dict[str, str]:
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "SHIM_LOG": str(tmp_path / "systemctl.log"),
         "SHIM_STATE": str(tmp_path / "state"),
+        "KTHW_STATE": str(tmp_path / "kthw-state"),
     }
 
 
-def deploy(tmp_path: Path, env: dict[str, str], files: list[tuple[str, str, int]]) -> subprocess.CompletedProcess[str]:
+def deploy(
+    tmp_path: Path, env: dict[str, str], files: list[tuple[str, str, int]], unit: str = "kube-apiserver"
+) -> subprocess.CompletedProcess[str]:
     specs = [remote.RemoteFile(path, content, mode) for path, content, mode in files]
-    script = remote.deploy_script("controller-0", "kube-apiserver", specs, ["kube-apiserver"])
+    script = remote.deploy_script("controller-0", unit, specs, [unit])
     return subprocess.run(
         ["bash", "-c", script], input=remote.pack(files), env=env, capture_output=True, text=True, check=False
     )
@@ -103,6 +106,20 @@ def test_deploy_installs_files_and_restarts_only_on_change(tmp_path: Path, shims
     assert Path(key).read_text() == "ROTATED"
     # a key changed, not the unit: no daemon-reload, but the service restarts to load it
     assert calls(shims) == ["enable --quiet kube-apiserver", "restart kube-apiserver"]
+
+
+def test_a_file_shared_by_two_steps_restarts_both(tmp_path: Path, shims: dict[str, str]) -> None:
+    ca = str(tmp_path / "var/lib/kubernetes/ca.pem")
+    for unit in ("kube-apiserver", "kube-controller-manager"):
+        assert deploy(tmp_path, shims, [(ca, "OLD", 0o644)], unit).returncode == 0
+    calls(shims)
+    # the first step writes the new CA; the second finds the file already new, yet must restart
+    assert deploy(tmp_path, shims, [(ca, "NEW", 0o644)], "kube-apiserver").returncode == 0
+    assert deploy(tmp_path, shims, [(ca, "NEW", 0o644)], "kube-controller-manager").returncode == 0
+    assert [c for c in calls(shims) if c.startswith("restart")] == [
+        "restart kube-apiserver",
+        "restart kube-controller-manager",
+    ]
 
 
 def test_deploy_restarts_a_stopped_service_without_changes(tmp_path: Path, shims: dict[str, str]) -> None:

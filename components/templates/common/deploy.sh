@@ -2,12 +2,15 @@
 # kthw: {{ node }}: {{ step }}: install this step's files, then (re)start its services.
 # The files arrive on stdin as a base64 tar, so no certificate or key is ever part of a command
 # line. A file is rewritten only when its content or mode differs, and a service restarts only
-# when one of its own files changed or it is not running: re-running the step is harmless.
+# when this step's files differ from what it last applied or it is not running: re-running the
+# step is harmless. The stamp is per step, not per file, because steps may share a file (ca.pem):
+# the first step to write it must not hide the change from the second.
 set -euo pipefail
 
 node="{{ node }}"
 step="{{ step }}"
 units=({{ units }})
+stamp="${KTHW_STATE:-/var/lib/kthw}/steps/${step}.sha256"
 
 fail() {
   echo "kthw: ${node}: ${step}: $*" >&2
@@ -16,12 +19,19 @@ fail() {
 
 staging="$(mktemp -d)"
 trap 'rm -rf "${staging}"' EXIT
-base64 -d | tar -x -C "${staging}" --no-same-owner || fail "could not unpack the files from stdin"
+bundle="${staging}/bundle.b64"
+cat > "${bundle}"
+mkdir "${staging}/files"
+base64 -d "${bundle}" | tar -x -C "${staging}/files" --no-same-owner || fail "could not unpack the files from stdin"
+digest="$(sha256sum "${bundle}" | cut -d' ' -f1)"
 
 changed=0
+if [ "$(sudo cat "${stamp}" 2>/dev/null || true)" != "${digest}" ]; then
+  changed=1
+fi
 units_changed=0
 while read -r path mode; do
-  source_file="${staging}/${path#/}"
+  source_file="${staging}/files/${path#/}"
   [ -f "${source_file}" ] || fail "${path} is missing from the bundle"
   if sudo test -f "${path}" && sudo cmp -s "${source_file}" "${path}" \
     && [ "$(sudo stat -c %a "${path}")" = "${mode}" ]; then
@@ -47,4 +57,5 @@ for unit in "${units[@]}"; do
       || fail "${unit} did not start: $(sudo journalctl -u "${unit}" -n 20 --no-pager 2>&1 || true)"
   fi
 done
+printf '%s\n' "${digest}" | sudo install -D -m 0644 /dev/stdin "${stamp}" || fail "could not record ${stamp}"
 echo "kthw: ${node}: ${step}: done"
