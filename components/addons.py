@@ -11,6 +11,7 @@ import yaml
 
 from components import remote
 from components.config import ClusterConfig
+from components.kubeconfig import ENCRYPTION_KEY_NAME
 from components.network import API_PORT
 from components.render import render
 
@@ -33,7 +34,7 @@ SMOKE_NGINX_IMAGE = "nginx:1.28"
 # KTHW ch. 12 pins busybox 1.28: later busybox nslookup builds mishandle search domains.
 SMOKE_BUSYBOX_IMAGE = "busybox:1.28"
 # How a secret is stored in etcd under the encryption config (aescbc provider, key "key1").
-ENCRYPTION_PREFIX = "k8s:enc:aescbc:v1:key1:"
+ENCRYPTION_PREFIX = f"k8s:enc:aescbc:v1:{ENCRYPTION_KEY_NAME}:"
 
 
 class _Dumper(yaml.SafeDumper):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pulumi
 from pulumi_gcp import compute
@@ -16,6 +16,13 @@ from components.render import render
 # KTHW's names for the load balancer's pieces.
 HEALTH_CHECK_NAME = "kubernetes"
 HEALTH_CHECK_FIREWALL_NAME = "kubernetes-the-hard-way-allow-health-check"
+
+
+def worker_api_firewall_name(worker: str) -> str:
+    """The rule that lets one worker's external IP reach the API on the public address."""
+    return f"kubernetes-the-hard-way-allow-api-from-{worker}"
+
+
 TARGET_POOL_NAME = "kubernetes-target-pool"
 FORWARDING_RULE_NAME = "kubernetes-forwarding-rule"
 # The Host header the health check sends, and the server_name nginx answers it on.
@@ -68,6 +75,7 @@ class ApiFrontendArgs:
     controllers: Sequence[remote.Host]
     instances: Sequence[pulumi.Resource]  # the controllers' compute.Instance resources
     control_plane_healthy: Sequence[pulumi.Resource]
+    worker_addresses: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # worker -> external IP
 
 
 class ApiFrontend(pulumi.ComponentResource):
@@ -115,6 +123,22 @@ class ApiFrontend(pulumi.ComponentResource):
             target_tags=[CONTROLLER_TAG],
             opts=named,
         )
+        # Kubelets and kube-proxies reach the API through the public address (KTHW ch. 9), and a
+        # network load balancer keeps the client's source: traffic from a worker arrives from its
+        # external IP, which a narrowed adminSourceRanges would drop. One rule per worker admits
+        # exactly that IP, so adding a worker adds a rule and no worker waits for another's VM.
+        self.worker_access: dict[str, compute.Firewall] = {
+            worker: compute.Firewall(
+                f"{name}-allow-api-from-{worker}",
+                name=worker_api_firewall_name(worker),
+                network=args.network,
+                allows=[compute.FirewallAllowArgs(protocol="tcp", ports=[str(API_PORT)])],
+                source_ranges=[pulumi.Output.concat(address, "/32")],
+                target_tags=[CONTROLLER_TAG],
+                opts=named,
+            )
+            for worker, address in args.worker_addresses.items()
+        }
         self.target_pool = compute.TargetPool(
             f"{name}-target-pool",
             name=TARGET_POOL_NAME,
@@ -136,7 +160,11 @@ class ApiFrontend(pulumi.ComponentResource):
             opts=named,
         )
         # What "the API answers on the public address" waits for.
-        self.ready: list[pulumi.Resource] = [self.forwarding_rule, self.allow_health_check, *self.proxies]
+        self.ready: list[pulumi.Resource] = [
+            self.forwarding_rule,
+            self.allow_health_check,
+            *self.proxies,
+        ]
         self.register_outputs(
             {
                 "target_pool": self.target_pool.self_link,

@@ -108,6 +108,7 @@ class Cluster(pulumi.ComponentResource):
                 controllers=[c.host for c in self.controllers],
                 instances=[c.instance for c in self.controllers],
                 control_plane_healthy=control_plane_healthy,
+                worker_addresses={w.spec.name: w.external_ip for w in self.workers},
             ),
             child,
         )
@@ -124,7 +125,11 @@ class Cluster(pulumi.ComponentResource):
                     ca=self.pki.ca,
                     kubelet=self.pki.kubelets[w.spec.name],
                     kube_proxy=self.pki.kube_proxy,
-                    control_plane_ready=[*control_plane_healthy, *self.api_frontend.ready],
+                    control_plane_ready=[
+                        *control_plane_healthy,
+                        *self.api_frontend.ready,
+                        self.api_frontend.worker_access[w.spec.name],
+                    ],
                 ),
                 child,
             )
@@ -135,7 +140,9 @@ class Cluster(pulumi.ComponentResource):
         first_controller = self.controllers[0].host
         self.addons = Addons(
             f"{name}-addons",
-            AddonsArgs(config=cfg, host=first_controller, depends_on=control_plane_healthy, workers_ready=workers_ready),
+            AddonsArgs(
+                config=cfg, host=first_controller, depends_on=control_plane_healthy, workers_ready=workers_ready
+            ),
             child,
         )
         # KTHW ch. 13, last: a cluster that fails it fails `pulumi up`.

@@ -41,8 +41,8 @@ from components.render import TEMPLATES
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "europe-west4", "gcp:zone": "europe-west4-b"}
 ADDRESS = "203.0.113.80"
-SECRET_SIG = rpc._special_secret_sig  # type: ignore[attr-defined]
-SIG_KEY = rpc._special_sig_key  # type: ignore[attr-defined]
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
 
 
 # --- a tiny recorder under Pulumi's mocks (shared with test_addons) -------------------------------

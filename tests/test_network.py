@@ -132,3 +132,12 @@ def test_small_cluster_has_one_of_each(small: Recording) -> None:
         ["worker-0", "controller-0"],
     )
     assert [r.inputs["name"] for r in small.of_type("gcp:compute/route:Route")] == ["kubernetes-route-10-200-0-0-24"]
+
+
+def test_each_worker_may_reach_the_api_through_the_public_address(ha_modes: Recording) -> None:
+    """A narrowed adminSourceRanges must not cut kubelets off: the LB keeps a worker's external IP as source."""
+    for name, addresses in ha_modes.outputs["workers"].items():
+        rule = one(ha_modes, "gcp:compute/firewall:Firewall", f"kubernetes-the-hard-way-allow-api-from-{name}")
+        assert rule["sourceRanges"] == [addresses["external_ip"] + "/32"]
+        assert rule["allows"] == [{"protocol": "tcp", "ports": ["6443"]}]
+        assert rule["targetTags"] == ["controller"]

@@ -43,6 +43,7 @@ def test_adding_a_worker_only_adds(ha: Recording) -> None:
     assert {n for n in changed if "-smoke-test-" not in n} == set()
     assert {n for n in added if not n.startswith("kthw-worker-3")} == {
         "kthw-network-route-worker-3",
+        "kthw-api-frontend-allow-api-from-worker-3",
         "kthw-pki-worker-3-key",
         "kthw-pki-worker-3-csr",
         "kthw-pki-worker-3-cert",

@@ -81,7 +81,12 @@ for _ in $(seq 1 60); do
 done
 lookup="$(kubectl_admin logs "${dns_pod}" 2>&1 || true)"
 [ "${phase}" = "Succeeded" ] || fail "dns: ${dns_pod} ended in phase '${phase:-Pending}': ${lookup}"
-grep -qF "${dns_ip}" <<<"${lookup}" || fail "dns: the lookup did not use the cluster DNS ${dns_ip}: ${lookup}"
-grep -qF "${service_ip}" <<<"${lookup}" \
+# Compare whole fields: 10.32.0.1 must not match inside 10.32.0.10.
+awk -v ip="${dns_ip}" '$1 == "Server:" && $2 == ip { found = 1 } END { exit !found }' <<<"${lookup}" \
+  || fail "dns: the lookup did not use the cluster DNS ${dns_ip}: ${lookup}"
+awk -v ip="${service_ip}" '
+  $1 == "Name:" { answer = 1 }
+  answer && $1 ~ /^Address/ { for (i = 2; i <= NF; i++) if ($i == ip) found = 1 }
+  END { exit !found }' <<<"${lookup}" \
   || fail "dns: kubernetes.default did not resolve to ${service_ip}: ${lookup}"
 echo "kthw: ${node}: smoke test: dns: kubernetes.default -> ${service_ip} via ${dns_ip}"
