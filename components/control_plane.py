@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import yaml
 
 from components import artifacts, remote
 from components.config import ClusterConfig, NodeSpec
 from components.kubeconfig import ADMIN_USER, CONTROLLER_MANAGER_USER, SCHEDULER_USER, kubeconfig_output
 from components.pki import CertPair, Pki
-from components.render import render
+from components.render import render, to_yaml
 
 # Node file paths (the brief's fixed contract).
 K8S_DIR = "/var/lib/kubernetes"
@@ -110,7 +109,7 @@ def scheduler_config() -> dict[str, Any]:
 
 def render_scheduler_config() -> str:
     """/etc/kubernetes/config/kube-scheduler.yaml."""
-    return yaml.safe_dump(scheduler_config(), sort_keys=False)
+    return to_yaml(scheduler_config())
 
 
 def render_health_script(spec: NodeSpec) -> str:

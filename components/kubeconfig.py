@@ -7,9 +7,9 @@ import binascii
 from typing import Any
 
 import pulumi
-import yaml
 
 from components.pki import CertPair
+from components.render import to_yaml
 
 CLUSTER_NAME = "kubernetes-the-hard-way"
 CONTEXT_NAME = "default"
@@ -61,7 +61,7 @@ def kubeconfig_dict(*, server: str, user: str, ca_pem: str, cert_pem: str, key_p
 def render_kubeconfig(*, server: str, user: str, ca_pem: str, cert_pem: str, key_pem: str) -> str:
     """The kubeconfig as YAML text, ready to write to a node or hand to kubectl."""
     doc = kubeconfig_dict(server=server, user=user, ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+    return to_yaml(doc)
 
 
 def kubeconfig_output(*, server: pulumi.Input[str], user: str, ca: CertPair, client: CertPair) -> pulumi.Output[str]:
@@ -97,7 +97,7 @@ def encryption_config_dict(key_b64: str) -> dict[str, Any]:
 
 def render_encryption_config(key_b64: str) -> str:
     """The API server's --encryption-provider-config file; ValueError unless the key is base64 of 32 bytes."""
-    return yaml.safe_dump(encryption_config_dict(key_b64), sort_keys=False, default_flow_style=False)
+    return to_yaml(encryption_config_dict(key_b64))
 
 
 def encryption_config_output(key: pulumi.Input[str]) -> pulumi.Output[str]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 TEMPLATES = Path(__file__).parent / "templates"
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
@@ -31,3 +34,13 @@ def render(name: str, **values: object) -> str:
     if missing or unused:
         raise KeyError(f"template {name}: missing {sorted(missing)}, unused {sorted(unused)}")
     return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), _read(name))
+
+
+# libyaml's emitter is ~10x faster than PyYAML's pure-Python one, which matters when a program
+# renders a kubeconfig per node; both emit the same text for the plain data used here.
+_YAML_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def to_yaml(data: Any) -> str:
+    """A structured file (kubeconfig, component config) as YAML: safe types only, keys in given order."""
+    return yaml.dump(data, Dumper=_YAML_DUMPER, sort_keys=False, default_flow_style=False)

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import yaml
 
 from components import artifacts, remote
 from components.config import ClusterConfig, NodeSpec
 from components.kubeconfig import KUBE_PROXY_USER, kubeconfig_output, kubelet_user
 from components.pki import CertPair
-from components.render import render
+from components.render import render, to_yaml
 
 # Node file paths (the brief's fixed contract).
 CA_PATH = "/var/lib/kubernetes/ca.pem"
@@ -122,7 +121,7 @@ def kubelet_config(config: ClusterConfig, spec: NodeSpec) -> dict[str, Any]:
 
 def render_kubelet_config(config: ClusterConfig, spec: NodeSpec) -> str:
     """/var/lib/kubelet/kubelet-config.yaml."""
-    return yaml.safe_dump(kubelet_config(config, spec), sort_keys=False)
+    return to_yaml(kubelet_config(config, spec))
 
 
 def render_kube_proxy_config(config: ClusterConfig) -> str:
@@ -134,7 +133,7 @@ def render_kube_proxy_config(config: ClusterConfig) -> str:
         "mode": "iptables",
         "clusterCIDR": config.cluster_cidr,
     }
-    return yaml.safe_dump(conf, sort_keys=False)
+    return to_yaml(conf)
 
 
 def render_containerd_unit(config: ClusterConfig) -> str:

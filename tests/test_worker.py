@@ -27,6 +27,7 @@ from components import remote, worker
 from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
 from components.render import render
+from tests.harness import Recording
 
 CONFIG = config_module.load(
     {"controllerCount": 3, "workerCount": 3},
@@ -555,3 +556,20 @@ def test_ready_check_reruns_when_a_worker_file_changes() -> None:
     before, after = _build(CONFIG), _build(newer)
     assert before["worker-0-ready"]["inputs"]["triggers"] != after["worker-0-ready"]["inputs"]["triggers"]
     assert before["worker-0-ready"]["inputs"]["create"] == after["worker-0-ready"]["inputs"]["create"]
+
+
+def test_program_wiring(ha: Recording) -> None:
+    """In the whole program (cluster.py's wiring): workers are independent, and only their services wait."""
+    for spec in WORKERS:
+        prefix = f"kthw-{spec.name}-bootstrap"
+        assert ha.by_name(prefix).type == "kthw:index:WorkerNode"
+        others = [w.name for w in WORKERS if w.name != spec.name]
+        for step in STEPS:
+            ancestors = ha.ancestors(f"{prefix}-{step}")
+            assert not [a for a in ancestors if any(o in a for o in others)], step
+        control_plane = {r.name for r in ha.resources if "controller-" in r.name and "bootstrap" in r.name}
+        assert control_plane, "no controller bootstrap resources to wait for"
+        for step in ("prepare", "binaries", "containerd"):
+            assert not ha.ancestors(f"{prefix}-{step}") & control_plane, step
+        for step in ("kubelet", "kube-proxy"):
+            assert ha.ancestors(f"{prefix}-{step}") & control_plane, step
