@@ -77,10 +77,19 @@ BAD = [
     ({"nodeCidr": "10.240.0.0/27", "workerCount": "11"}, "kthw:workerCount = 11 is invalid: between 1 and 10"),
     ({"clusterCidr": "10.200.0.0/23", "workerCount": "3"}, "kthw:workerCount = 3 is invalid: between 1 and 2"),
     ({"clusterCidr": "10.200.0.0/25"}, "kthw:clusterCidr = '10.200.0.0/25' is invalid: a prefix of /24 or shorter"),
-    ({"serviceCidr": "10.32.0.0/29"}, "kthw:serviceCidr = '10.32.0.0/29' is invalid: a range that holds the cluster DNS"),
+    (
+        {"serviceCidr": "10.32.0.0/29"},
+        "kthw:serviceCidr = '10.32.0.0/29' is invalid: a range that holds the cluster DNS",
+    ),
     # overlapping ranges
-    ({"clusterCidr": "10.240.0.0/16"}, "kthw:clusterCidr = '10.240.0.0/16' is invalid: a range that does not overlap nodeCidr"),
-    ({"serviceCidr": "10.200.5.0/24"}, "kthw:serviceCidr = '10.200.5.0/24' is invalid: a range that does not overlap clusterCidr"),
+    (
+        {"clusterCidr": "10.240.0.0/16"},
+        "kthw:clusterCidr = '10.240.0.0/16' is invalid: a range that does not overlap nodeCidr",
+    ),
+    (
+        {"serviceCidr": "10.200.5.0/24"},
+        "kthw:serviceCidr = '10.200.5.0/24' is invalid: a range that does not overlap clusterCidr",
+    ),
     # counts
     ({"controllerCount": "0"}, "kthw:controllerCount = 0 is invalid: between 1 and 10"),
     ({"controllerCount": "11"}, "kthw:controllerCount = 11 is invalid: between 1 and 10"),
@@ -101,7 +110,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("values", "message"), BAD, ids=[next(iter(v)) + "=" + str(next(iter(v.values()))) for v, _ in BAD])
+@pytest.mark.parametrize(
+    ("values", "message"), BAD, ids=[next(iter(v)) + "=" + str(next(iter(v.values()))) for v, _ in BAD]
+)
 def test_bad_config_names_key_value_and_rule(values: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load(**values)

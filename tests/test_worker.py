@@ -567,9 +567,9 @@ def test_program_wiring(ha: Recording) -> None:
         for step in STEPS:
             ancestors = ha.ancestors(f"{prefix}-{step}")
             assert not [a for a in ancestors if any(o in a for o in others)], step
-        control_plane = {r.name for r in ha.resources if "controller-" in r.name and "bootstrap" in r.name}
-        assert control_plane, "no controller bootstrap resources to wait for"
+        control_plane = {r.name for r in ha.resources if r.name.endswith("-control-plane-healthy")}
+        assert len(control_plane) == len(CONFIG.controllers)
         for step in ("prepare", "binaries", "containerd"):
             assert not ha.ancestors(f"{prefix}-{step}") & control_plane, step
         for step in ("kubelet", "kube-proxy"):
-            assert ha.ancestors(f"{prefix}-{step}") & control_plane, step
+            assert control_plane <= ha.ancestors(f"{prefix}-{step}"), step
