@@ -12,6 +12,9 @@ from components.config import ClusterConfig
 NAME = "kubernetes-the-hard-way"
 SUBNET_NAME = "kubernetes"
 API_PORT = 6443
+ETCD_PORTS = "2379-2380"
+# Below the default 1000 of every allow rule here.
+ETCD_DENY_PRIORITY = 900
 
 
 def route_name(pod_cidr: str) -> str:
@@ -60,6 +63,20 @@ class Network(pulumi.ComponentResource):
                 compute.FirewallAllowArgs(protocol="icmp"),
             ],
             source_ranges=[cfg.node_cidr, cfg.cluster_cidr],
+            opts=named,
+        )
+        # etcd trusts any certificate the cluster CA signed, and kubelet certificates are such:
+        # keep workers and pods off etcd's ports altogether, so only controllers reach them.
+        # GCE evaluates the lower priority number first, so this deny wins over allow-internal.
+        self.deny_etcd = compute.Firewall(
+            f"{name}-deny-etcd",
+            name=f"{NAME}-deny-etcd-from-workers",
+            network=self.vpc.name,
+            priority=ETCD_DENY_PRIORITY,
+            denies=[compute.FirewallDenyArgs(protocol="tcp", ports=[ETCD_PORTS])],
+            source_ranges=[cfg.cluster_cidr],
+            source_tags=["worker"],
+            target_tags=["controller"],
             opts=named,
         )
         # From outside, only SSH, the API and ping, and only from the admins' ranges.

@@ -78,6 +78,7 @@ class Node(pulumi.ComponentResource):
             f"{name}-ssh-ready",
             connection=connection,
             create=render("node/ssh-ready.sh", node=spec.name),
+            add_previous_output_in_env=False,
             # A replaced VM answers on a new address with an empty disk: the gate, and with it
             # every step that names it in replace_with, runs again.
             triggers=[self.instance.instance_id],

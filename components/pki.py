@@ -70,6 +70,10 @@ class Identity:
     organization: str
     uses: tuple[str, ...]
     purpose: str
+    # certRotation replaces the key too, except where other parties hold what it signed: a new
+    # service-account key would void every issued token (CoreDNS's among them) until kubelets
+    # renew them, up to a day later. Its certificate is still re-issued.
+    rotate_key: bool = True
 
 
 # Every identity whose names do not depend on the cluster's shape (kubelets and the API server do).
@@ -101,6 +105,7 @@ IDENTITIES: tuple[Identity, ...] = (
         "Kubernetes",
         SIGNING_USES,
         "signs and verifies service account tokens",
+        rotate_key=False,
     ),
 )
 API_SERVER = Identity(
@@ -236,7 +241,7 @@ class Pki(pulumi.ComponentResource):
     ) -> CertPair:
         what = identity.file
         cfg = self._config
-        key = self._key(what, rotate=True)
+        key = self._key(what, rotate=identity.rotate_key)
         request = tls.CertRequest(
             f"{self._name}-{what}-csr",
             private_key_pem=key.private_key_pem,

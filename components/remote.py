@@ -109,6 +109,8 @@ def run(
         stdin=pulumi.Output.secret(stdin) if secret_stdin and stdin is not None else stdin,
         triggers=list(triggers) if triggers else None,
         logging=remote.Logging.NONE if secret_stdin else remote.Logging.STDOUT_AND_STDERR,
+        # sshd refuses unknown environment variables; passing the last run's output only warns.
+        add_previous_output_in_env=False,
         opts=pulumi.ResourceOptions(
             parent=parent,
             depends_on=[host.ready, *depends_on],

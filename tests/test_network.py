@@ -33,6 +33,19 @@ def test_internal_firewall(ha_modes: Recording) -> None:
     assert rule["sourceRanges"] == ["10.240.0.0/24", "10.200.0.0/16"]
 
 
+def test_workers_and_pods_cannot_reach_etcd(ha_modes: Recording) -> None:
+    rule = one(ha_modes, "gcp:compute/firewall:Firewall", "kubernetes-the-hard-way-deny-etcd-from-workers")
+    internal = one(ha_modes, "gcp:compute/firewall:Firewall", "kubernetes-the-hard-way-allow-internal")
+    assert rule["denies"] == [{"protocol": "tcp", "ports": ["2379-2380"]}]
+    assert rule["sourceRanges"] == ["10.200.0.0/16"]
+    assert rule["sourceTags"] == ["worker"]
+    assert rule["targetTags"] == ["controller"]
+    assert rule["priority"] < internal.get("priority", 1000)
+    # the VMs carry the tags the rule matches on
+    tags = {r.inputs["name"]: r.inputs["tags"] for r in ha_modes.of_type("gcp:compute/instance:Instance")}
+    assert "worker" in tags["worker-0"] and "controller" in tags["controller-0"]
+
+
 def test_external_firewall_is_limited_to_admin_ranges_and_ports(ha_modes: Recording) -> None:
     rule = one(ha_modes, "gcp:compute/firewall:Firewall", "kubernetes-the-hard-way-allow-external")
     assert rule["allows"] == [{"protocol": "tcp", "ports": ["22", "6443"]}, {"protocol": "icmp"}]

@@ -30,7 +30,11 @@ exec "$@"
 """
 SYSTEMCTL = """#!/bin/sh
 echo "$*" >> "$SHIM_LOG"
-if [ "$1" = is-active ]; then grep -qx active "$SHIM_STATE" 2>/dev/null; exit $?; fi
+if [ "$1" = is-active ]; then
+  state="$(cat "$SHIM_STATE" 2>/dev/null || echo inactive)"
+  echo "$state"
+  [ "$state" = active ]; exit $?
+fi
 if [ "$1" = restart ]; then echo active > "$SHIM_STATE"; fi
 exit 0
 """
@@ -94,18 +98,19 @@ def test_deploy_installs_files_and_restarts_only_on_change(tmp_path: Path, shims
     assert calls(shims) == [
         "daemon-reload",
         "enable --quiet kube-apiserver",
+        "is-active kube-apiserver",
         "restart kube-apiserver",
     ]
 
     again = deploy(tmp_path, shims, files)
     assert again.returncode == 0, again.stderr
-    assert calls(shims) == ["enable --quiet kube-apiserver", "is-active --quiet kube-apiserver"]
+    assert calls(shims) == ["enable --quiet kube-apiserver", "is-active kube-apiserver"]
 
     rotated = deploy(tmp_path, shims, [files[0], (key, "ROTATED", 0o600)])
     assert rotated.returncode == 0, rotated.stderr
     assert Path(key).read_text() == "ROTATED"
     # a key changed, not the unit: no daemon-reload, but the service restarts to load it
-    assert calls(shims) == ["enable --quiet kube-apiserver", "restart kube-apiserver"]
+    assert calls(shims) == ["enable --quiet kube-apiserver", "is-active kube-apiserver", "restart kube-apiserver"]
 
 
 def test_a_file_shared_by_two_steps_restarts_both(tmp_path: Path, shims: dict[str, str]) -> None:
@@ -129,6 +134,16 @@ def test_deploy_restarts_a_stopped_service_without_changes(tmp_path: Path, shims
     Path(shims["SHIM_STATE"]).write_text("failed\n")
     assert deploy(tmp_path, shims, files).returncode == 0
     assert calls(shims)[-1] == "restart kube-apiserver"
+
+
+def test_a_starting_service_is_left_to_finish(tmp_path: Path, shims: dict[str, str]) -> None:
+    """An etcd member waiting for its quorum is "activating"; a re-run must not restart it."""
+    files = [(str(tmp_path / "etc/x.conf"), "x", 0o644)]
+    assert deploy(tmp_path, shims, files).returncode == 0
+    calls(shims)
+    Path(shims["SHIM_STATE"]).write_text("activating\n")
+    assert deploy(tmp_path, shims, files).returncode == 0
+    assert [c for c in calls(shims) if c.startswith("restart")] == []
 
 
 def test_deploy_fails_naming_node_and_step(tmp_path: Path, shims: dict[str, str]) -> None:

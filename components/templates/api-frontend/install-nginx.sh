@@ -14,9 +14,17 @@ if command -v nginx >/dev/null 2>&1; then
   exit 0
 fi
 
-# A fresh Ubuntu VM runs unattended-upgrades at boot; wait for its dpkg lock rather than fail.
+# A fresh Ubuntu VM runs unattended-upgrades and apt-daily at boot: wait for the dpkg lock, and
+# retry with backoff, since `apt-get update` also takes the lists lock the timeout does not cover.
 apt_get() {
-  sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 "$@"
+  for attempt in 1 2 3 4 5; do
+    if sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"; then
+      return 0
+    fi
+    echo "kthw: ${node}: nginx: apt-get $1 failed (attempt ${attempt}), retrying" >&2
+    sleep $((attempt * 10))
+  done
+  return 1
 }
 apt_get update -q || fail "apt-get update failed"
 apt_get install -y -q --no-install-recommends nginx || fail "apt-get install nginx failed"

@@ -52,7 +52,9 @@ fi
 
 for unit in "${units[@]}"; do
   sudo systemctl enable --quiet "${unit}" || fail "could not enable ${unit}"
-  if [ "${changed}" = 1 ] || ! sudo systemctl is-active --quiet "${unit}"; then
+  # "activating" is a start in progress (an etcd member waiting for its quorum): leave it be.
+  state="$(sudo systemctl is-active "${unit}" || true)"
+  if [ "${changed}" = 1 ] || { [ "${state}" != active ] && [ "${state}" != activating ]; }; then
     sudo systemctl restart {{ restart_flags }} "${unit}" \
       || fail "${unit} did not start: $(sudo journalctl -u "${unit}" -n 20 --no-pager 2>&1 || true)"
   fi
