@@ -35,7 +35,10 @@ if [ "$1" = is-active ]; then
   echo "$state"
   [ "$state" = active ]; exit $?
 fi
-if [ "$1" = restart ]; then echo active > "$SHIM_STATE"; fi
+if [ "$1" = restart ]; then
+  [ -n "$SHIM_FAIL_START" ] && exit 1
+  echo active > "$SHIM_STATE"
+fi
 exit 0
 """
 
@@ -53,6 +56,7 @@ def shims(tmp_path: Path) -> dict[str, str]:
         "SHIM_LOG": str(tmp_path / "systemctl.log"),
         "SHIM_STATE": str(tmp_path / "state"),
         "KTHW_STATE": str(tmp_path / "kthw-state"),
+        "SHIM_FAIL_START": "",
     }
 
 
@@ -144,6 +148,15 @@ def test_a_starting_service_is_left_to_finish(tmp_path: Path, shims: dict[str, s
     Path(shims["SHIM_STATE"]).write_text("activating\n")
     assert deploy(tmp_path, shims, files).returncode == 0
     assert [c for c in calls(shims) if c.startswith("restart")] == []
+
+
+def test_a_unit_that_does_not_start_fails_the_step(tmp_path: Path, shims: dict[str, str]) -> None:
+    files = [(str(tmp_path / "etc/systemd/system/kube-apiserver.service"), "[Service]\n", 0o644)]
+    result = deploy(tmp_path, {**shims, "SHIM_FAIL_START": "1"}, files)
+    assert result.returncode != 0
+    assert "kthw: controller-0: kube-apiserver: kube-apiserver did not start: no journal" in result.stderr
+    # no stamp is recorded, so the next run restarts it again instead of trusting a failed start
+    assert not (Path(shims["KTHW_STATE"]) / "steps/kube-apiserver.sha256").exists()
 
 
 def test_deploy_fails_naming_node_and_step(tmp_path: Path, shims: dict[str, str]) -> None:
