@@ -1,20 +1,26 @@
-"""Run the whole kthw program under Pulumi's mocks and record every resource it registers.
+"""Run kthw under Pulumi's mocks and record every resource it registers.
 
-The mock monitor is the real one from the SDK; this module only watches what passes through it:
-each resource's type, name, parent, dependencies, options and inputs (with which inputs were
-secret), and the stack outputs. tls and random resources get real values from tests/fake_tls.py,
-so certificates in the recording are real X.509 that tests can verify.
+`run_components(build)` runs any program (a function that constructs resources) in a stack; `run_program`
+and `cached` run the whole __main__.py that way. The mock monitor is the real one from the SDK; this module
+only watches what passes through it: each resource's type, name, parent, dependencies, options and inputs
+(with which inputs were secret), and the stack outputs. Inside `build`, `watch(name, output)` asks for an
+Output's final value, secret-ness and known-ness (`Recording.values`). tls and random resources get real
+values from tests/fake_tls.py, so certificates in the recording are real X.509 that tests can verify; every
+GCP resource gets a self link, and remote commands an empty stdout and stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import ipaddress
 import os
 import runpy
 import sys
+import tarfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +61,15 @@ class Recorded:
 
 
 @dataclass
+class Resolved:
+    """A watched Output after the program ran: its value (None when unknown), and whether it was secret and known."""
+
+    value: Any
+    secret: bool
+    known: bool
+
+
+@dataclass
 class Recording:
     """Everything one evaluation of the program registered."""
 
@@ -63,12 +78,15 @@ class Recording:
     secret_outputs: set[str]
     warnings: list[str]
     preview: bool
+    values: dict[str, Resolved] = field(default_factory=dict)
 
     def by_name(self, name: str) -> Recorded:
         matches = [r for r in self.resources if r.name == name]
         if len(matches) != 1:
             raise KeyError(f"{len(matches)} resources named {name!r}")
         return matches[0]
+
+    __getitem__ = by_name
 
     def of_type(self, token: str) -> list[Recorded]:
         return [r for r in self.resources if r.type == token]
@@ -88,6 +106,16 @@ class Recording:
             seen.add(dep)
             stack.extend(by_name[dep].depends_on)
         return seen
+
+
+def bundle(rec: Recorded) -> dict[str, tuple[str, int]]:
+    """The files a remote deploy step carries on stdin (a base64 tar): path -> (content, mode)."""
+    raw = base64.b64decode(rec.inputs["stdin"])
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        return {
+            "/" + m.name: (tar.extractfile(m).read().decode(), m.mode)  # type: ignore[union-attr]
+            for m in tar.getmembers()
+        }
 
 
 def _unwrap(value: Any, path: str, secrets: set[str]) -> Any:
@@ -129,6 +157,9 @@ class _Mocks(mocks.Mocks):
         elif args.typ.startswith("command:remote:Command"):
             outputs.setdefault("stdout", "")
             outputs.setdefault("stderr", "")
+        if args.typ.startswith("gcp:"):
+            # Every GCP resource has one; e.g. a forwarding rule targets its pool's.
+            outputs.setdefault("selfLink", f"https://compute.example/{args.typ.split(':')[-1]}/{args.name}")
         return f"{args.name}-id", outputs
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
@@ -226,12 +257,42 @@ def _run_main() -> None:
         os.chdir(cwd)
 
 
-def run_program(config: Mapping[str, str] | None = None, *, preview: bool = False) -> Recording:
-    """Evaluate __main__.py with the given stack config (namespaced keys) and record it all.
+# The Outputs `watch` was given during the current run_components, by name; None outside one.
+_watched: dict[str, pulumi.Output[Any]] | None = None
 
+
+def watch(name: str, output: pulumi.Input[Any]) -> pulumi.Output[Any]:
+    """Inside run_components' `build`: resolve `output` after the program, into the Recording's values[name]."""
+    if _watched is None:
+        raise RuntimeError("watch() works only while run_components runs a build")
+    if name in _watched:
+        raise KeyError(f"{name!r} is watched twice")
+    out = pulumi.Output.from_input(output)
+    _watched[name] = out
+    return out
+
+
+def run_components(
+    build: Callable[[], object], *, config: Mapping[str, str] | None = None, preview: bool = False
+) -> Recording:
+    """Run `build` as a Pulumi program in a stack under mocks, with the given config, and record it all.
+
+    Config keys without a namespace are kthw's; BASE_CONFIG fills in the rest. What `build` returns is ignored.
     Raises whatever the program raises (a ConfigError for bad config), after the runtime is reset.
     """
+    global _watched
     full = {**BASE_CONFIG, **{k if ":" in k else f"kthw:{k}": v for k, v in (config or {}).items()}}
+    watched: dict[str, pulumi.Output[Any]] = {}
+    values: dict[str, Resolved] = {}
+
+    async def resolve() -> None:
+        for name, out in watched.items():
+            values[name] = Resolved(await out.future(), await out.is_secret(), await out.is_known())
+
+    def program() -> Awaitable[None]:
+        build()
+        return resolve()
+
     # The runtime's futures bind to the event loop current when they are made, and set_mocks
     # already makes the root stack: the loop must be in place first.
     loop = asyncio.new_event_loop()
@@ -240,6 +301,7 @@ def run_program(config: Mapping[str, str] | None = None, *, preview: bool = Fals
     pulumi.runtime.set_all_config(dict(full), secret_keys=[])
     log = _WarningLog()
     monitor = _RecordingMonitor(_Mocks(preview))
+    _watched = watched
     try:
         mocks.set_mocks(
             monitor.mocks,  # type: ignore[arg-type]
@@ -252,12 +314,13 @@ def run_program(config: Mapping[str, str] | None = None, *, preview: bool = Fals
         # set_mocks makes and finishes a root stack of its own; drop it so that run_in_stack's
         # stack, like the CLI's, is the one that collects `pulumi.export`s.
         settings.set_root_resource(None)  # type: ignore[arg-type]
-        _sync_await(pulumi.runtime.stack.run_in_stack(_run_main))
+        _sync_await(pulumi.runtime.stack.run_in_stack(program))
     except Exception as error:
         # What had been registered when the program failed: tests assert it is nothing.
         error.registered = [r.name for r in monitor.recorded]  # type: ignore[attr-defined]
         raise
     finally:
+        _watched = None
         asyncio.set_event_loop(None)
         loop.close()
         pulumi.runtime.set_all_config({}, secret_keys=[])
@@ -273,7 +336,13 @@ def run_program(config: Mapping[str, str] | None = None, *, preview: bool = Fals
         secret_outputs=monitor.stack_secret_outputs,
         warnings=log.warnings,
         preview=preview,
+        values=values,
     )
+
+
+def run_program(config: Mapping[str, str] | None = None, *, preview: bool = False) -> Recording:
+    """Evaluate __main__.py with the given stack config (namespaced keys) and record it all."""
+    return run_components(_run_main, config=config, preview=preview)
 
 
 _CACHE: dict[tuple[tuple[tuple[str, str], ...], bool], Recording] = {}

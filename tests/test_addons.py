@@ -21,7 +21,8 @@ from components import config as config_module
 from components.addons import Addons, AddonsArgs, SmokeTest, SmokeTestArgs
 from components.config import ClusterConfig
 from components.render import TEMPLATES, placeholders
-from tests.test_api_frontend import ADDRESS, Recording, fake_host, record
+from tests.harness import Recording, run_components
+from tests.test_api_frontend import ADDRESS, fake_host
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
 KUBECTL = Path("/work/venv/bin/kubectl")
@@ -437,28 +438,28 @@ def build(cfg: ClusterConfig, *, with_workers: bool = True) -> None:
 @pytest.fixture(scope="module")
 def wired() -> Recording:
     cfg = load(workerCount="2")
-    return record(lambda: build(cfg))
+    return run_components(lambda: build(cfg))
 
 
 def test_rbac_then_coredns_after_the_workers(wired: Recording) -> None:
-    rbac, dns = wired["addons-rbac"], wired["addons-coredns"]
+    rbac, dns = wired.by_name("addons-rbac"), wired.by_name("addons-coredns")
     assert {"controller-0-gate", "control-plane-healthy"} <= rbac.depends_on
     assert rbac.inputs["stdin"] == addons.render_apiserver_to_kubelet_rbac()
     assert "kubectl --kubeconfig /var/lib/kubernetes/admin.kubeconfig" in rbac.inputs["create"]
     assert {"addons-rbac", "worker-0-ready", "worker-1-ready", "control-plane-healthy"} <= dns.depends_on
     assert dns.inputs["stdin"] == addons.render_coredns(load(workerCount="2"))
     assert 'rollout="kube-system/coredns"' in dns.inputs["create"]
-    assert "stdin" not in rbac.secret_inputs | dns.secret_inputs  # manifests are plain
+    assert "stdin" not in rbac.secret_paths | dns.secret_paths  # manifests are plain
 
 
 def test_coredns_does_not_wait_for_a_rollout_without_workers() -> None:
     cfg = load(workerCount="1")
-    recording = record(lambda: build(cfg, with_workers=False))
-    assert 'rollout=""' in recording["addons-coredns"].inputs["create"]
+    recording = run_components(lambda: build(cfg, with_workers=False))
+    assert 'rollout=""' in recording.by_name("addons-coredns").inputs["create"]
 
 
 def test_smoke_test_runs_last_and_reruns_on_version_or_node_changes(wired: Recording) -> None:
-    cluster, public = wired["smoke-cluster"], wired["smoke-public"]
+    cluster, public = wired.by_name("smoke-cluster"), wired.by_name("smoke-public")
     assert {"addons-coredns", "frontend-ready", "worker-0-ready", "worker-1-ready"} <= cluster.depends_on
     assert "smoke-cluster" in public.depends_on and "worker-0-gate" in public.depends_on
     assert cluster.inputs["stdin"] == addons.render_smoke_manifests()

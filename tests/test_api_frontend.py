@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import http.server
 import ipaddress
@@ -11,8 +10,8 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from pulumi.runtime import mocks, rpc, settings
-from pulumi.runtime.sync_await import _sync_await
 from pulumi_command import remote as command_remote
 from pulumi_gcp import compute
 
@@ -38,105 +35,13 @@ from components.api_frontend import (
 )
 from components.config import ClusterConfig
 from components.render import TEMPLATES
+from tests.harness import Recording, run_components
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "europe-west4", "gcp:zone": "europe-west4-b"}
 ADDRESS = "203.0.113.80"
-SECRET_SIG = rpc._special_secret_sig
-SIG_KEY = rpc._special_sig_key
 
 
-# --- a tiny recorder under Pulumi's mocks (shared with test_addons) -------------------------------
-
-
-@dataclass
-class Registered:
-    """One resource as the mock engine saw it: inputs with secret markers stripped, and its options."""
-
-    type: str
-    name: str
-    inputs: dict[str, Any]
-    depends_on: set[str]
-    delete_before_replace: bool
-    secret_inputs: set[str] = field(default_factory=set)
-
-
-def _plain(value: Any, key: str, secrets: set[str]) -> Any:
-    if isinstance(value, dict):
-        if value.get(SIG_KEY) == SECRET_SIG:
-            secrets.add(key)
-            return _plain(value.get("value"), key, secrets)
-        return {k: _plain(v, key, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v, key, secrets) for v in value]
-    return value
-
-
-class _EchoMocks(mocks.Mocks):
-    """Outputs are the inputs, plus a self link, as the GCP provider would compute one."""
-
-    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        outputs = dict(args.inputs)
-        outputs.setdefault("selfLink", f"https://compute.example/{args.typ.split(':')[-1]}/{args.name}")
-        if args.typ.startswith("command:remote:Command"):
-            outputs.setdefault("stdout", "")
-        return f"{args.name}-id", outputs
-
-    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
-
-
-class _Monitor(mocks.MockMonitor):
-    def __init__(self) -> None:
-        super().__init__(_EchoMocks())
-        self.registered: list[Registered] = []
-        self.names: dict[str, str] = {}
-
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
-        response = super().RegisterResource(request)
-        self.names[response.urn] = request.name
-        raw = rpc.deserialize_properties(request.object, keep_unknowns=True, keep_internal=True) or {}
-        secrets: set[str] = set()
-        inputs = {k: _plain(v, k, secrets) for k, v in raw.items()}
-        deps = set(request.dependencies)
-        for prop in request.propertyDependencies.values():
-            deps.update(prop.urns)
-        self.registered.append(
-            Registered(request.type, request.name, inputs, deps, request.deleteBeforeReplace, secrets)
-        )
-        return response
-
-
-class Recording:
-    """Resources by Pulumi name, dependencies resolved to names."""
-
-    def __init__(self, registered: list[Registered]) -> None:
-        self.by_name = {r.name: r for r in registered}
-
-    def __getitem__(self, name: str) -> Registered:
-        return self.by_name[name]
-
-    def of_type(self, token: str) -> list[Registered]:
-        return [r for r in self.by_name.values() if r.type == token]
-
-
-def record(build: Callable[[], None], *, preview: bool = False) -> Recording:
-    """Run `build` in a stack under mocks and return every resource it registered."""
-    # The runtime's futures bind to the loop current when they are made, set_mocks included.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    settings.reset_options()
-    monitor = _Monitor()
-    try:
-        mocks.set_mocks(monitor.mocks, project="kthw", stack="unit", preview=preview, monitor=monitor)
-        # set_mocks makes a root stack of its own; run_in_stack makes the one that collects resources.
-        settings.set_root_resource(None)  # type: ignore[arg-type]
-        _sync_await(pulumi.runtime.stack.run_in_stack(build))
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-    for reg in monitor.registered:
-        reg.depends_on = {monitor.names.get(d, d) for d in reg.depends_on}
-    return Recording(monitor.registered)
+# --- stand-ins under Pulumi's mocks (shared with test_addons) ------------------------------------
 
 
 def fake_host(name: str) -> tuple[remote.Host, compute.Instance]:
@@ -360,7 +265,7 @@ def build_frontend(cfg: ClusterConfig) -> None:
 @pytest.fixture(scope="module", params=[False, True], ids=["update", "preview"])
 def frontend(request: pytest.FixtureRequest) -> Recording:
     cfg = load(controllerCount="3", workerCount="2")
-    return record(lambda: build_frontend(cfg), preview=request.param)
+    return run_components(lambda: build_frontend(cfg), preview=request.param)
 
 
 def test_health_check_is_kthws(frontend: Recording) -> None:
@@ -369,7 +274,7 @@ def test_health_check_is_kthws(frontend: Recording) -> None:
     assert hc.inputs["host"] == "kubernetes.default.svc.cluster.local"
     assert hc.inputs["requestPath"] == "/healthz"
     assert hc.inputs["port"] == 80
-    assert hc.delete_before_replace
+    assert hc.options["delete_before_replace"]
 
 
 def test_health_check_firewall_opens_only_port_80_on_controllers(frontend: Recording) -> None:
@@ -379,7 +284,7 @@ def test_health_check_firewall_opens_only_port_80_on_controllers(frontend: Recor
     assert fw.inputs["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
     assert sorted(fw.inputs["sourceRanges"]) == ["209.85.152.0/22", "209.85.204.0/22", "35.191.0.0/16"]
     assert fw.inputs["targetTags"] == ["controller"]
-    assert fw.delete_before_replace
+    assert fw.options["delete_before_replace"]
 
 
 def test_target_pool_holds_every_controller_by_zone_and_name(frontend: Recording) -> None:
@@ -394,7 +299,7 @@ def test_target_pool_holds_every_controller_by_zone_and_name(frontend: Recording
     assert pool.inputs["healthChecks"] == "kubernetes"
     assert {"controller-0-instance", "controller-1-instance", "controller-2-instance"} <= pool.depends_on
     assert "api-health-check" in pool.depends_on
-    assert pool.delete_before_replace
+    assert pool.options["delete_before_replace"]
 
 
 def test_forwarding_rule_sends_6443_on_the_address_to_the_pool(frontend: Recording) -> None:
@@ -407,19 +312,19 @@ def test_forwarding_rule_sends_6443_on_the_address_to_the_pool(frontend: Recordi
     assert rule.inputs["loadBalancingScheme"] == "EXTERNAL"
     assert "api-target-pool" in rule.depends_on
     assert rule.inputs["target"] == "https://compute.example/TargetPool/api-target-pool"
-    assert rule.delete_before_replace
+    assert rule.options["delete_before_replace"]
 
 
 def test_each_controller_gets_nginx_then_the_proxy_after_the_control_plane(frontend: Recording) -> None:
     for i in range(3):
         node = f"controller-{i}"
-        install = frontend[f"api-{node}-nginx"]
+        install = frontend.by_name(f"api-{node}-nginx")
         assert f"{node}-gate" in install.depends_on
         assert install.inputs["create"] == install_nginx_script(node)
-        proxy = frontend[f"api-{node}-healthz-proxy"]
+        proxy = frontend.by_name(f"api-{node}-healthz-proxy")
         assert {f"{node}-gate", f"api-{node}-nginx", "control-plane-healthy"} <= proxy.depends_on
         assert HEALTHZ_SITE_PATH in proxy.inputs["create"]
         assert 'step="healthz-proxy"' in proxy.inputs["create"]
         assert "units=(nginx)" in proxy.inputs["create"]
         # A plain config file: the step is not secret, so its log stays readable.
-        assert "stdin" not in proxy.secret_inputs
+        assert "stdin" not in proxy.secret_paths

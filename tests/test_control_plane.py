@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
 import re
 import shlex
 import shutil
 import subprocess
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pulumi
 import pytest
 import yaml
-from pulumi.runtime import mocks, rpc, settings
-from pulumi.runtime.sync_await import _sync_await
 from pulumi_command import remote as command_remote
 
 from components import config as config_module
@@ -28,7 +21,7 @@ from components.config import ClusterConfig
 from components.kubeconfig import encryption_config_output
 from components.pki import Pki, PkiArgs
 from components.render import render
-from tests import fake_tls
+from tests.harness import Recording, bundle, run_components
 
 GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "p"}
 CONFIG = config_module.load({"controllerCount": 3, "workerCount": 1}, GCP)
@@ -303,60 +296,7 @@ def test_health_script_fails_naming_node_step_and_last_answer(tmp_path: Path) ->
 # --- the components under mocks -------------------------------------------------------------------
 
 
-class _Monitor(mocks.MockMonitor):
-    """Records each registration's type, name, parent, dependencies and inputs (secret markers kept)."""
-
-    def __init__(self, m: mocks.Mocks) -> None:
-        super().__init__(m)
-        self.names: dict[str, str] = {}
-        self.registered: dict[str, dict[str, Any]] = {}
-
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
-        response = super().RegisterResource(request)
-        self.names[response.urn] = request.name
-        deps = set(request.dependencies)
-        for prop in request.propertyDependencies.values():
-            deps.update(prop.urns)
-        self.registered[request.name] = {
-            "type": request.type,
-            "parent": request.parent,
-            "deps": deps,
-            "inputs": rpc.deserialize_properties(request.object, keep_unknowns=True, keep_internal=True) or {},
-        }
-        return response
-
-
-class _Mocks(mocks.Mocks):
-    """tls and random resources get real values (tests/fake_tls.py); everything else echoes its inputs."""
-
-    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        outputs = dict(args.inputs)
-        outputs.update(fake_tls.new_resource(args.typ, args.name, args.inputs) or {})
-        return f"{args.name}-id", outputs
-
-    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
-
-
-def secret(value: Any) -> bool:
-    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig  # type: ignore[attr-defined]
-
-
-def plain(value: Any) -> Any:
-    return value["value"] if secret(value) else value
-
-
-def bundle(rec: dict[str, Any]) -> dict[str, tuple[str, int]]:
-    """The files a deploy step carries on stdin: path -> (content, mode)."""
-    raw = base64.b64decode(plain(rec["inputs"]["stdin"]))
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        return {
-            "/" + m.name: (tar.extractfile(m).read().decode(), m.mode)  # type: ignore[union-attr]
-            for m in tar.getmembers()
-        }
-
-
-def build(cfg: ClusterConfig = CONFIG) -> dict[str, dict[str, Any]]:
+def build(cfg: ClusterConfig = CONFIG) -> Recording:
     """The real Pki, one EtcdMember and one ControlPlaneNode per controller, each on its own gate."""
 
     def program() -> None:
@@ -393,83 +333,55 @@ def build(cfg: ClusterConfig = CONFIG) -> dict[str, dict[str, Any]]:
                 ),
             )
 
-    # The runtime's futures bind to the loop current when they are made, set_mocks's root stack
-    # among them: the loop comes first. That root stack is then dropped for run_in_stack's own.
-    loop = asyncio.new_event_loop()
-    try:
-        asyncio.set_event_loop(loop)
-        settings.reset_options()
-        m = _Mocks()
-        monitor = _Monitor(m)
-        mocks.set_mocks(m, project="kthw", stack="test", preview=False, monitor=monitor)  # type: ignore[arg-type]
-        settings.set_root_resource(None)  # type: ignore[arg-type]
-        _sync_await(pulumi.runtime.stack.run_in_stack(program))
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-    for rec in monitor.registered.values():
-        rec["deps"] = {monitor.names.get(d, d) for d in rec["deps"]}
-        rec["parent"] = monitor.names.get(rec["parent"], rec["parent"])
-    return monitor.registered
+    return run_components(program)
 
 
 @pytest.fixture(scope="module")
-def wired() -> dict[str, dict[str, Any]]:
+def wired() -> Recording:
     return build()
-
-
-def ancestors(reg: dict[str, dict[str, Any]], name: str) -> set[str]:
-    seen: set[str] = set()
-    stack = list(reg[name]["deps"])
-    while stack:
-        dep = stack.pop()
-        if dep not in seen and dep in reg:
-            seen.add(dep)
-            stack.extend(reg[dep]["deps"])
-    return seen
 
 
 CP_STEPS = ("binaries", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "healthy")
 
 
-def test_components_register_their_steps(wired: dict[str, dict[str, Any]]) -> None:
+def test_components_register_their_steps(wired: Recording) -> None:
     for spec in CONTROLLERS:
         n = spec.name
-        assert wired[f"{n}-etcd"]["type"] == "kthw:index:EtcdMember"
-        assert wired[f"{n}-cp"]["type"] == "kthw:index:ControlPlaneNode"
+        assert wired.by_name(f"{n}-etcd").type == "kthw:index:EtcdMember"
+        assert wired.by_name(f"{n}-cp").type == "kthw:index:ControlPlaneNode"
         for step in ("binaries", "etcd"):
-            assert wired[f"{n}-etcd-{step}"]["type"] == "command:remote:Command"
-            assert wired[f"{n}-etcd-{step}"]["parent"] == f"{n}-etcd"
+            assert wired.by_name(f"{n}-etcd-{step}").type == "command:remote:Command"
+            assert wired.by_name(f"{n}-etcd-{step}").parent == f"{n}-etcd"
         for step in CP_STEPS:
-            assert wired[f"{n}-cp-{step}"]["type"] == "command:remote:Command"
-            assert wired[f"{n}-cp-{step}"]["parent"] == f"{n}-cp"
+            assert wired.by_name(f"{n}-cp-{step}").type == "command:remote:Command"
+            assert wired.by_name(f"{n}-cp-{step}").parent == f"{n}-cp"
 
 
 @pytest.mark.parametrize("spec", CONTROLLERS, ids=lambda s: s.name)
-def test_dependency_wiring(wired: dict[str, dict[str, Any]], spec: config_module.NodeSpec) -> None:
+def test_dependency_wiring(wired: Recording, spec: config_module.NodeSpec) -> None:
     n = spec.name
     every_etcd = {f"{c.name}-etcd-etcd" for c in CONTROLLERS}
-    assert {f"{n}-gate"} <= wired[f"{n}-etcd-binaries"]["deps"]
-    assert {f"{n}-gate", f"{n}-etcd-binaries"} <= wired[f"{n}-etcd-etcd"]["deps"]
+    assert {f"{n}-gate"} <= wired.by_name(f"{n}-etcd-binaries").depends_on
+    assert {f"{n}-gate", f"{n}-etcd-binaries"} <= wired.by_name(f"{n}-etcd-etcd").depends_on
     # Members start in parallel: none waits for another controller's anything.
-    assert all(a.startswith((f"{n}-", "pki")) for a in ancestors(wired, f"{n}-etcd-etcd"))
+    assert all(a.startswith((f"{n}-", "pki")) for a in wired.ancestors(f"{n}-etcd-etcd"))
     # Downloads run while etcd starts; no API server starts before every member is installed.
-    assert not ancestors(wired, f"{n}-cp-binaries") & every_etcd
-    assert every_etcd | {f"{n}-cp-binaries", f"{n}-gate"} <= wired[f"{n}-cp-kube-apiserver"]["deps"]
+    assert not wired.ancestors(f"{n}-cp-binaries") & every_etcd
+    assert every_etcd | {f"{n}-cp-binaries", f"{n}-gate"} <= wired.by_name(f"{n}-cp-kube-apiserver").depends_on
     for step in ("kube-controller-manager", "kube-scheduler"):
-        assert {f"{n}-cp-binaries", f"{n}-cp-kube-apiserver"} <= wired[f"{n}-cp-{step}"]["deps"]
-    assert {f"{n}-cp-kube-apiserver", f"{n}-cp-kube-controller-manager", f"{n}-cp-kube-scheduler"} <= wired[
+        assert {f"{n}-cp-binaries", f"{n}-cp-kube-apiserver"} <= wired.by_name(f"{n}-cp-{step}").depends_on
+    assert {f"{n}-cp-kube-apiserver", f"{n}-cp-kube-controller-manager", f"{n}-cp-kube-scheduler"} <= wired.by_name(
         f"{n}-cp-healthy"
-    ]["deps"]
+    ).depends_on
     # A controller's control plane waits on no other controller's control plane.
     others = {f"{c.name}-cp" for c in CONTROLLERS if c.name != n}
-    assert not {a.rsplit("-", 1)[0] for a in ancestors(wired, f"{n}-cp-healthy")} & others
+    assert not {a.rsplit("-", 1)[0] for a in wired.ancestors(f"{n}-cp-healthy")} & others
 
 
 @pytest.mark.parametrize("spec", CONTROLLERS, ids=lambda s: s.name)
-def test_etcd_deploy(wired: dict[str, dict[str, Any]], spec: config_module.NodeSpec) -> None:
-    rec = wired[f"{spec.name}-etcd-etcd"]
-    assert secret(rec["inputs"]["stdin"])
+def test_etcd_deploy(wired: Recording, spec: config_module.NodeSpec) -> None:
+    rec = wired.by_name(f"{spec.name}-etcd-etcd")
+    assert "stdin" in rec.secret_paths
     files = bundle(rec)
     assert {path: mode for path, (_, mode) in files.items()} == {
         "/etc/systemd/system/etcd.service": 0o644,
@@ -479,20 +391,20 @@ def test_etcd_deploy(wired: dict[str, dict[str, Any]], spec: config_module.NodeS
     }
     assert files["/etc/systemd/system/etcd.service"][0] == etcd.render_etcd_unit(CONFIG, spec)
     assert "PRIVATE KEY" in files["/etc/etcd/kubernetes-key.pem"][0]
-    create = str(rec["inputs"]["create"])
+    create = str(rec.inputs["create"])
     assert "--no-block" in create and "PRIVATE KEY" not in create
-    assert "etcd-v3.6.14-linux-amd64.tar.gz" in str(wired[f"{spec.name}-etcd-binaries"]["inputs"]["create"])
+    assert "etcd-v3.6.14-linux-amd64.tar.gz" in str(wired.by_name(f"{spec.name}-etcd-binaries").inputs["create"])
 
 
 @pytest.mark.parametrize("spec", CONTROLLERS, ids=lambda s: s.name)
-def test_control_plane_deploys(wired: dict[str, dict[str, Any]], spec: config_module.NodeSpec) -> None:
+def test_control_plane_deploys(wired: Recording, spec: config_module.NodeSpec) -> None:
     n, k8s = spec.name, "/var/lib/kubernetes"
-    binaries = str(wired[f"{n}-cp-binaries"]["inputs"]["create"])
+    binaries = str(wired.by_name(f"{n}-cp-binaries").inputs["create"])
     for binary in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"):
         assert f"/v1.36.4/bin/linux/amd64/{binary} " in binaries
 
-    api = wired[f"{n}-cp-kube-apiserver"]
-    assert secret(api["inputs"]["stdin"])
+    api = wired.by_name(f"{n}-cp-kube-apiserver")
+    assert "stdin" in api.secret_paths
     files = bundle(api)
     assert {path: mode for path, (_, mode) in files.items()} == {
         "/etc/systemd/system/kube-apiserver.service": 0o644,
@@ -510,9 +422,9 @@ def test_control_plane_deploys(wired: dict[str, dict[str, Any]], spec: config_mo
     admin = yaml.safe_load(files[f"{k8s}/admin.kubeconfig"][0])
     assert admin["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
     assert admin["users"][0]["name"] == "admin"
-    assert "PRIVATE KEY" not in str(api["inputs"]["create"])
+    assert "PRIVATE KEY" not in str(api.inputs["create"])
 
-    cm_files = bundle(wired[f"{n}-cp-kube-controller-manager"])
+    cm_files = bundle(wired.by_name(f"{n}-cp-kube-controller-manager"))
     assert {path: mode for path, (_, mode) in cm_files.items()} == {
         "/etc/systemd/system/kube-controller-manager.service": 0o644,
         f"{k8s}/ca.pem": 0o644,
@@ -527,7 +439,7 @@ def test_control_plane_deploys(wired: dict[str, dict[str, Any]], spec: config_mo
     assert cm["users"][0]["name"] == "system:kube-controller-manager"
     assert cm["clusters"][0]["cluster"]["server"] == "https://127.0.0.1:6443"
 
-    sched = wired[f"{n}-cp-kube-scheduler"]
+    sched = wired.by_name(f"{n}-cp-kube-scheduler")
     sched_files = bundle(sched)
     assert set(sched_files) == {
         "/etc/systemd/system/kube-scheduler.service",
@@ -538,7 +450,7 @@ def test_control_plane_deploys(wired: dict[str, dict[str, Any]], spec: config_mo
     sk = yaml.safe_load(sched_files[f"{k8s}/kube-scheduler.kubeconfig"][0])
     assert sk["users"][0]["name"] == "system:kube-scheduler"
 
-    healthy = wired[f"{n}-cp-healthy"]
-    (trigger,) = healthy["inputs"]["triggers"]
-    assert not secret(trigger) and re.fullmatch(r"[0-9a-f]{64}", trigger)
-    assert plain(healthy["inputs"]["create"]) == cp.render_health_script(spec)
+    healthy = wired.by_name(f"{n}-cp-healthy")
+    (trigger,) = healthy.inputs["triggers"]
+    assert "triggers" not in healthy.secret_paths and re.fullmatch(r"[0-9a-f]{64}", trigger)
+    assert healthy.inputs["create"] == cp.render_health_script(spec)

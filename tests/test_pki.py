@@ -8,7 +8,6 @@ import ipaddress
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from pulumi.runtime import mocks, rpc, settings
-from pulumi.runtime.sync_await import _sync_await
 
 from components import config as config_mod
 from components import pki as pki_mod
 from components.config import ClusterConfig
 from components.pki import CertPair, Pki, PkiArgs
 from tests import fake_tls
+from tests.harness import Recording, run_components, watch
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
 PUBLIC_ADDRESS = "203.0.113.100"
@@ -46,94 +44,17 @@ def make_config(**kthw: Any) -> ClusterConfig:
     return config_mod.load(kthw, GCP)
 
 
-# --- a minimal mock run: construct components directly, record registrations, resolve Outputs -----------
+def run_mocked(build: Callable[[], Mapping[str, pulumi.Output[Any]]], *, preview: bool = False) -> Recording:
+    """run_components(build), watching every Output `build` returns under its key (Recording.values)."""
+
+    def program() -> None:
+        for key, out in build().items():
+            watch(key, out)
+
+    return run_components(program, preview=preview)
 
 
-@dataclass
-class Registration:
-    type: str
-    name: str
-    inputs: dict[str, Any]
-    replacement_trigger: Any
-
-
-@dataclass
-class Resolved:
-    """An Output after the program ran: its value, and whether it was secret and known."""
-
-    value: Any
-    secret: bool
-    known: bool
-
-
-@dataclass
-class MockRun:
-    registrations: list[Registration] = field(default_factory=list)
-    values: dict[str, Resolved] = field(default_factory=dict)
-
-    def of_type(self, typ: str) -> list[Registration]:
-        return [r for r in self.registrations if r.type == typ]
-
-    def by_name(self, name: str) -> Registration:
-        (match,) = [r for r in self.registrations if r.name == name]
-        return match
-
-
-class _Mocks(mocks.Mocks):
-    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        outputs = dict(args.inputs)
-        outputs.update(fake_tls.new_resource(args.typ, args.name, args.inputs) or {})
-        return f"{args.name}-id", outputs
-
-    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
-
-
-class _Monitor(mocks.MockMonitor):
-    def __init__(self) -> None:
-        super().__init__(_Mocks())
-        self.registrations: list[Registration] = []
-
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
-        if request.type != "pulumi:pulumi:Stack":
-            from google.protobuf import json_format
-
-            inputs = rpc.deserialize_properties(request.object, keep_unknowns=True) or {}
-            trigger = (
-                json_format.MessageToDict(request.replacement_trigger)
-                if request.HasField("replacement_trigger")
-                else None
-            )
-            self.registrations.append(Registration(request.type, request.name, dict(inputs), trigger))
-        return super().RegisterResource(request)
-
-
-def run_mocked(build: Callable[[], Mapping[str, pulumi.Output[Any]]], *, preview: bool = False) -> MockRun:
-    """Run `build` as a Pulumi program under mocks; resolve every Output it returns."""
-    # As tests/harness.py: the loop must exist before set_mocks (futures bind to it), and set_mocks's own
-    # root stack must go so run_in_stack can make the one the program runs in.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    settings.reset_options()
-    monitor = _Monitor()
-    mocks.set_mocks(monitor.mocks, project="kthw", stack="test", preview=preview, monitor=monitor)
-    settings.set_root_resource(None)  # type: ignore[arg-type]
-    run = MockRun()
-
-    async def collect(outputs: Mapping[str, pulumi.Output[Any]]) -> None:
-        for key, out in outputs.items():
-            run.values[key] = Resolved(await out.future(), await out.is_secret(), await out.is_known())
-
-    def program() -> Any:
-        return collect(build())
-
-    try:
-        _sync_await(pulumi.runtime.stack.run_in_stack(program))
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-    run.registrations = monitor.registrations
-    return run
+MockRun = Recording  # the name test_kubeconfig imports
 
 
 def pki_outputs(pki: Pki) -> dict[str, pulumi.Output[Any]]:
@@ -152,7 +73,7 @@ def pki_outputs(pki: Pki) -> dict[str, pulumi.Output[Any]]:
     return out
 
 
-def build_pki(cfg: ClusterConfig, *, preview: bool = False) -> MockRun:
+def build_pki(cfg: ClusterConfig, *, preview: bool = False) -> Recording:
     def build() -> dict[str, pulumi.Output[Any]]:
         ips = {w.name: external_ip(w.name) for w in cfg.workers}
         return pki_outputs(Pki("kthw-pki", PkiArgs(cfg, PUBLIC_ADDRESS, ips)))
@@ -164,12 +85,12 @@ SHAPES = {"1+1": {"controllerCount": 1, "workerCount": 1}, "3+3": {"controllerCo
 
 
 @pytest.fixture(scope="module", params=sorted(SHAPES))
-def shaped(request: pytest.FixtureRequest) -> tuple[ClusterConfig, MockRun]:
+def shaped(request: pytest.FixtureRequest) -> tuple[ClusterConfig, Recording]:
     cfg = make_config(**SHAPES[request.param])
     return cfg, build_pki(cfg)
 
 
-def cert(run: MockRun, label: str) -> x509.Certificate:
+def cert(run: Recording, label: str) -> x509.Certificate:
     return x509.load_pem_x509_certificate(run.values[f"{label}.cert"].value.encode())
 
 
@@ -240,7 +161,7 @@ def test_early_renewal_is_a_quarter_capped_at_30_days() -> None:
 # --- the component under mocks --------------------------------------------------------------------------
 
 
-def test_every_leaf_is_issued_by_the_ca(shaped: tuple[ClusterConfig, MockRun]) -> None:
+def test_every_leaf_is_issued_by_the_ca(shaped: tuple[ClusterConfig, Recording]) -> None:
     cfg, run = shaped
     ca = cert(run, "ca")
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
@@ -261,7 +182,7 @@ def test_every_leaf_is_issued_by_the_ca(shaped: tuple[ClusterConfig, MockRun]) -
         assert key.public_key() == leaf.public_key(), label
 
 
-def test_ca_is_kthws_ca(shaped: tuple[ClusterConfig, MockRun]) -> None:
+def test_ca_is_kthws_ca(shaped: tuple[ClusterConfig, Recording]) -> None:
     _, run = shaped
     ca = cert(run, "ca")
     assert ca.subject == ca.issuer
@@ -278,7 +199,7 @@ def test_ca_is_kthws_ca(shaped: tuple[ClusterConfig, MockRun]) -> None:
     ca.verify_directly_issued_by(ca)
 
 
-def test_client_identities_match_kthw(shaped: tuple[ClusterConfig, MockRun]) -> None:
+def test_client_identities_match_kthw(shaped: tuple[ClusterConfig, Recording]) -> None:
     _, run = shaped
     client = {ExtendedKeyUsageOID.CLIENT_AUTH}
     expected = {
@@ -298,7 +219,7 @@ def test_client_identities_match_kthw(shaped: tuple[ClusterConfig, MockRun]) -> 
             leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
 
 
-def test_api_server_cert_names_every_way_to_reach_it(shaped: tuple[ClusterConfig, MockRun]) -> None:
+def test_api_server_cert_names_every_way_to_reach_it(shaped: tuple[ClusterConfig, Recording]) -> None:
     cfg, run = shaped
     leaf = cert(run, "api_server")
     assert names(leaf, NameOID.COMMON_NAME) == ["kubernetes"]
@@ -312,7 +233,7 @@ def test_api_server_cert_names_every_way_to_reach_it(shaped: tuple[ClusterConfig
     assert key_usage(leaf) == {"digital_signature"}
 
 
-def test_each_worker_has_its_kubelet_cert(shaped: tuple[ClusterConfig, MockRun]) -> None:
+def test_each_worker_has_its_kubelet_cert(shaped: tuple[ClusterConfig, Recording]) -> None:
     cfg, run = shaped
     assert sorted(
         k.split(":", 1)[1].removesuffix(".cert") for k in run.values if k.startswith("kubelet:") and k.endswith(".cert")
@@ -325,7 +246,7 @@ def test_each_worker_has_its_kubelet_cert(shaped: tuple[ClusterConfig, MockRun])
         assert ext_key_usage(leaf) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
-def test_private_keys_and_encryption_key_are_secret(shaped: tuple[ClusterConfig, MockRun]) -> None:
+def test_private_keys_and_encryption_key_are_secret(shaped: tuple[ClusterConfig, Recording]) -> None:
     cfg, run = shaped
     for label in ["ca", *leaf_labels(cfg)]:
         assert run.values[f"{label}.key"].secret, label
@@ -338,25 +259,26 @@ def test_private_keys_and_encryption_key_are_secret(shaped: tuple[ClusterConfig,
     assert len(base64.b64decode(enc.value, validate=True)) == 32
 
 
-def test_keys_are_ecdsa_p256_and_leaf_material_rotates(shaped: tuple[ClusterConfig, MockRun]) -> None:
+def test_keys_are_ecdsa_p256_and_leaf_material_rotates(shaped: tuple[ClusterConfig, Recording]) -> None:
     cfg, run = shaped
     keys = run.of_type(fake_tls.PRIVATE_KEY)
     assert len(keys) == 1 + len(leaf_labels(cfg))
     for reg in keys:
         assert (reg.inputs["algorithm"], reg.inputs["ecdsaCurve"]) == ("ECDSA", "P256"), reg.name
-        expected = None if reg.name == "kthw-pki-ca-key" else 0.0
-        assert reg.replacement_trigger == expected, reg.name
+        # Rotation keeps the CA's key, and the key that signs service-account tokens (it would void them all).
+        expected = None if reg.name in ("kthw-pki-ca-key", "kthw-pki-service-account-key") else 0.0
+        assert reg.options["replacement_trigger"] == expected, reg.name
     certs = run.of_type(fake_tls.LOCALLY_SIGNED_CERT)
     assert len(certs) == len(leaf_labels(cfg))
     for reg in certs:
-        assert reg.replacement_trigger == 0.0, reg.name
+        assert reg.options["replacement_trigger"] == 0.0, reg.name
         assert reg.inputs["validityPeriodHours"] == cfg.cert_validity_hours
         assert reg.inputs["earlyRenewalHours"] == pki_mod.early_renewal_hours(cfg.cert_validity_hours)
     (ca,) = run.of_type(fake_tls.SELF_SIGNED_CERT)
-    assert ca.replacement_trigger is None
+    assert ca.options["replacement_trigger"] is None
     assert ca.inputs["validityPeriodHours"] == pki_mod.CA_VALIDITY_HOURS
     (enc,) = run.of_type(fake_tls.RANDOM_BYTES)
-    assert enc.inputs["length"] == 32 and enc.replacement_trigger is None
+    assert enc.inputs["length"] == 32 and enc.options["replacement_trigger"] is None
 
 
 LEAF_STEMS = ("admin", "kube-controller-manager", "kube-proxy", "kube-scheduler", "service-account")
@@ -364,7 +286,7 @@ LEAF_STEMS = ("admin", "kube-controller-manager", "kube-proxy", "kube-scheduler"
 
 def test_resource_names_are_stable() -> None:
     run = build_pki(make_config(controllerCount=1, workerCount=2))
-    assert {r.name for r in run.registrations} == {
+    assert {r.name for r in run.resources} == {
         "kthw-pki",
         "kthw-pki-ca-key",
         "kthw-pki-ca",
@@ -381,17 +303,19 @@ def test_rotation_changes_only_the_trigger() -> None:
     base = build_pki(make_config(controllerCount=1, workerCount=1))
     rotated = build_pki(make_config(controllerCount=1, workerCount=1, certRotation=2))
     for reg in rotated.of_type(fake_tls.LOCALLY_SIGNED_CERT):
-        assert reg.replacement_trigger == 2.0
+        assert reg.options["replacement_trigger"] == 2.0
     # Same inputs everywhere: only the trigger tells the engine to re-issue, and the CA stays put.
-    assert {r.name: r.inputs for r in base.registrations} == {r.name: r.inputs for r in rotated.registrations}
-    assert rotated.by_name("kthw-pki-ca-key").replacement_trigger is None
+    assert {r.name: r.inputs for r in base.resources} == {r.name: r.inputs for r in rotated.resources}
+    assert rotated.by_name("kthw-pki-ca-key").options["replacement_trigger"] is None
+    assert rotated.by_name("kthw-pki-service-account-key").options["replacement_trigger"] is None
+    assert rotated.by_name("kthw-pki-admin-key").options["replacement_trigger"] == 2.0
 
 
 def test_two_evaluations_register_identical_inputs() -> None:
     cfg = make_config(controllerCount=3, workerCount=2)
     first, second = build_pki(cfg), build_pki(cfg)
-    tls_first = {r.name: r.inputs for r in first.registrations if r.type in TLS_TYPES}
-    tls_second = {r.name: r.inputs for r in second.registrations if r.type in TLS_TYPES}
+    tls_first = {r.name: r.inputs for r in first.resources if r.type in TLS_TYPES}
+    tls_second = {r.name: r.inputs for r in second.resources if r.type in TLS_TYPES}
     assert len(tls_first) == 2 + 3 * 8 + 1  # CA key + cert, 8 leaves x (key, csr, cert), encryption key
     assert tls_first == tls_second
     assert {k: v.value for k, v in first.values.items()} == {k: v.value for k, v in second.values.items()}
@@ -399,8 +323,8 @@ def test_two_evaluations_register_identical_inputs() -> None:
 
 def test_preview_registers_the_same_resources() -> None:
     cfg = make_config(controllerCount=1, workerCount=1)
-    previewed = {r.name for r in build_pki(cfg, preview=True).registrations}
-    assert previewed == {r.name for r in build_pki(cfg).registrations}
+    previewed = {r.name for r in build_pki(cfg, preview=True).resources}
+    assert previewed == {r.name for r in build_pki(cfg).resources}
 
 
 def unknown_output() -> pulumi.Output[str]:
@@ -436,12 +360,11 @@ def test_preview_before_the_address_exists() -> None:
 def test_missing_worker_ip_is_refused() -> None:
     cfg = make_config(controllerCount=1, workerCount=2)
 
-    def build() -> dict[str, pulumi.Output[Any]]:
+    def build() -> None:
         Pki("kthw-pki", PkiArgs(cfg, PUBLIC_ADDRESS, {"worker-0": "198.51.100.1"}))
-        return {}
 
     with pytest.raises(ValueError, match=r"worker-1"):
-        run_mocked(build)
+        run_components(build)
 
 
 # --- fake_tls itself ------------------------------------------------------------------------------------
@@ -477,7 +400,7 @@ def test_fake_tls_private_key_formats() -> None:
 # --- artifacts: real openssl -----------------------------------------------------------------------------
 
 
-def write_bundle(cfg: ClusterConfig, run: MockRun, directory: Path) -> dict[str, Path]:
+def write_bundle(cfg: ClusterConfig, run: Recording, directory: Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     for label in ["ca", *leaf_labels(cfg)]:
         stem = label.replace(":", "-")
@@ -488,7 +411,7 @@ def write_bundle(cfg: ClusterConfig, run: MockRun, directory: Path) -> dict[str,
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
-def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, MockRun], tmp_path: Path) -> None:
+def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, Recording], tmp_path: Path) -> None:
     cfg, run = shaped
     paths = write_bundle(cfg, run, tmp_path)
     for label in leaf_labels(cfg):
@@ -528,7 +451,7 @@ def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, MockRun
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
-def test_openssl_reads_keys_and_api_server_hosts(shaped: tuple[ClusterConfig, MockRun], tmp_path: Path) -> None:
+def test_openssl_reads_keys_and_api_server_hosts(shaped: tuple[ClusterConfig, Recording], tmp_path: Path) -> None:
     cfg, run = shaped
     paths = write_bundle(cfg, run, tmp_path)
     for label in ["ca", *leaf_labels(cfg)]:
@@ -556,3 +479,26 @@ def test_openssl_reads_keys_and_api_server_hosts(shaped: tuple[ClusterConfig, Mo
         text=True,
     )
     assert result.returncode != 0
+
+
+# --- the harness's watch, which the tests above read certificates through ---------------------------
+
+
+def test_watch_works_only_inside_a_run_and_once_per_name() -> None:
+    with pytest.raises(RuntimeError, match="run_components"):
+        watch("x", "value")
+
+    def twice() -> None:
+        watch("x", "a")
+        watch("x", pulumi.Output.secret("b"))
+
+    with pytest.raises(KeyError, match="watched twice"):
+        run_components(twice)
+
+    def plain_and_secret() -> None:
+        watch("plain", "a")
+        watch("secret", pulumi.Output.secret("b"))
+
+    values = run_components(plain_and_secret).values
+    assert (values["plain"].value, values["plain"].secret, values["plain"].known) == ("a", False, True)
+    assert (values["secret"].value, values["secret"].secret, values["secret"].known) == ("b", True, True)

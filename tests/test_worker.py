@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import io
 import json
 import re
 import shlex
 import shutil
 import subprocess
-import tarfile
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import pulumi
 import pytest
 import yaml
-from pulumi.runtime import mocks, rpc, settings
-from pulumi.runtime.sync_await import _sync_await
 from pulumi_command import remote as command_remote
 
 from components import config as config_module
@@ -27,7 +21,7 @@ from components import remote, worker
 from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
 from components.render import render
-from tests.harness import Recording
+from tests.harness import Recording, bundle, run_components
 
 CONFIG = config_module.load(
     {"controllerCount": 3, "workerCount": 3},
@@ -350,54 +344,8 @@ def test_prepare_fstab_edit(tmp_path: Path) -> None:
 # --- the component under mocks ---------------------------------------------------------------------
 
 
-class _Monitor(mocks.MockMonitor):
-    """Records each registration's type, name, dependencies and inputs (with secret markers)."""
-
-    def __init__(self, m: mocks.Mocks) -> None:
-        super().__init__(m)
-        self.names: dict[str, str] = {}
-        self.registered: dict[str, dict[str, Any]] = {}
-
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (the gRPC method's name)
-        response = super().RegisterResource(request)
-        self.names[response.urn] = request.name
-        deps = set(request.dependencies)
-        for prop in request.propertyDependencies.values():
-            deps.update(prop.urns)
-        self.registered[request.name] = {
-            "type": request.type,
-            "parent": request.parent,
-            "deps": deps,
-            "inputs": rpc.deserialize_properties(request.object, keep_unknowns=True, keep_internal=True) or {},
-        }
-        return response
-
-
-class _Mocks(mocks.Mocks):
-    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
-        return f"{args.name}-id", dict(args.inputs)
-
-    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
-
-
-def _secret(value: Any) -> bool:
-    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
-
-
-def _plain(value: Any) -> Any:
-    return value["value"] if _secret(value) else value
-
-
-def _build(cfg: ClusterConfig) -> dict[str, dict[str, Any]]:
+def _build(cfg: ClusterConfig) -> Recording:
     """Three WorkerNodes, each on its own gate, all waiting on one stand-in for the control plane."""
-    # As tests/harness.py does: the runtime's futures bind to the loop current when set_mocks runs,
-    # and set_mocks' own root stack is dropped so run_in_stack's stack is the root.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    settings.reset_options()
-    m = _Mocks()
-    monitor = _Monitor(m)
 
     def program() -> None:
         ca = CertPair(pulumi.Output.from_input("CA-CERT"), pulumi.Output.secret("CA-KEY"))
@@ -425,61 +373,30 @@ def _build(cfg: ClusterConfig) -> dict[str, dict[str, Any]]:
                 ),
             )
 
-    try:
-        mocks.set_mocks(m, project="kthw", stack="test", preview=False, monitor=monitor)
-        settings.set_root_resource(None)  # type: ignore[arg-type]
-        _sync_await(pulumi.runtime.stack.run_in_stack(program))
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-    for rec in monitor.registered.values():
-        rec["deps"] = {monitor.names.get(d, d) for d in rec["deps"]}
-        rec["parent"] = monitor.names.get(rec["parent"], rec["parent"])
-    return monitor.registered
+    return run_components(program)
 
 
 @pytest.fixture(scope="module")
-def wired() -> dict[str, dict[str, Any]]:
+def wired() -> Recording:
     return _build(CONFIG)
-
-
-def _ancestors(reg: dict[str, dict[str, Any]], name: str) -> set[str]:
-    seen: set[str] = set()
-    stack = list(reg[name]["deps"])
-    while stack:
-        dep = stack.pop()
-        if dep not in seen and dep in reg:
-            seen.add(dep)
-            stack.extend(reg[dep]["deps"])
-    return seen
-
-
-def _bundle(rec: dict[str, Any]) -> dict[str, tuple[str, int]]:
-    """The files a deploy step carries on stdin: path -> (content, mode)."""
-    raw = base64.b64decode(_plain(rec["inputs"]["stdin"]))
-    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        return {
-            "/" + m.name: (tar.extractfile(m).read().decode(), m.mode)  # type: ignore[union-attr]
-            for m in tar.getmembers()
-        }
 
 
 STEPS = ("prepare", "binaries", "containerd", "kubelet", "kube-proxy", "ready")
 
 
-def test_component_registers_its_steps(wired: dict[str, dict[str, Any]]) -> None:
+def test_component_registers_its_steps(wired: Recording) -> None:
     for spec in WORKERS:
-        assert wired[spec.name]["type"] == "kthw:index:WorkerNode"
+        assert wired.by_name(spec.name).type == "kthw:index:WorkerNode"
         for step in STEPS:
-            rec = wired[f"{spec.name}-{step}"]
-            assert rec["type"] == "command:remote:Command"
-            assert rec["parent"] == spec.name
+            rec = wired.by_name(f"{spec.name}-{step}")
+            assert rec.type == "command:remote:Command"
+            assert rec.parent == spec.name
 
 
 @pytest.mark.parametrize("spec", WORKERS, ids=lambda s: s.name)
-def test_dependency_wiring(wired: dict[str, dict[str, Any]], spec: NodeSpec) -> None:
+def test_dependency_wiring(wired: Recording, spec: NodeSpec) -> None:
     n = spec.name
-    deps = {step: wired[f"{n}-{step}"]["deps"] for step in STEPS}
+    deps = {step: wired.by_name(f"{n}-{step}").depends_on for step in STEPS}
     assert {f"{n}-gate"} <= deps["prepare"]
     assert {f"{n}-gate", f"{n}-prepare"} <= deps["binaries"]
     assert {f"{n}-binaries"} <= deps["containerd"]
@@ -488,19 +405,19 @@ def test_dependency_wiring(wired: dict[str, dict[str, Any]], spec: NodeSpec) -> 
     assert {f"{n}-kubelet", f"{n}-kube-proxy"} <= deps["ready"]
     # Prerequisites and downloads run while the control plane bootstraps.
     for step in ("prepare", "binaries", "containerd"):
-        assert "control-plane-ready" not in _ancestors(wired, f"{n}-{step}")
+        assert "control-plane-ready" not in wired.ancestors(f"{n}-{step}")
     # A worker never waits on another worker: everything upstream is its own or the control plane.
     for step in STEPS:
-        strangers = {a for a in _ancestors(wired, f"{n}-{step}") if not a.startswith(f"{n}-")}
+        strangers = {a for a in wired.ancestors(f"{n}-{step}") if not a.startswith(f"{n}-")}
         assert strangers <= {"control-plane-ready"}, strangers
 
 
 @pytest.mark.parametrize("spec", WORKERS, ids=lambda s: s.name)
-def test_deployed_files(wired: dict[str, dict[str, Any]], spec: NodeSpec) -> None:
+def test_deployed_files(wired: Recording, spec: NodeSpec) -> None:
     n = spec.name
-    kubelet = wired[f"{n}-kubelet"]
-    assert _secret(kubelet["inputs"]["stdin"]), "the kubelet bundle carries a private key"
-    files = _bundle(kubelet)
+    kubelet = wired.by_name(f"{n}-kubelet")
+    assert "stdin" in kubelet.secret_paths, "the kubelet bundle carries a private key"
+    files = bundle(kubelet)
     assert {path: mode for path, (_, mode) in files.items()} == {
         "/var/lib/kubernetes/ca.pem": 0o644,
         "/var/lib/kubelet/kubelet.pem": 0o644,
@@ -515,11 +432,11 @@ def test_deployed_files(wired: dict[str, dict[str, Any]], spec: NodeSpec) -> Non
     assert kubeconfig["users"][0]["name"] == f"system:node:{n}"
     assert base64.b64decode(kubeconfig["users"][0]["user"]["client-key-data"]).decode() == f"{n}-KEY"
     assert yaml.safe_load(files["/var/lib/kubelet/kubelet-config.yaml"][0])["podCIDR"] == spec.pod_cidr
-    assert f"{n}-KEY" not in str(kubelet["inputs"]["create"])
+    assert f"{n}-KEY" not in str(kubelet.inputs["create"])
 
-    proxy = wired[f"{n}-kube-proxy"]
-    assert _secret(proxy["inputs"]["stdin"])
-    proxy_files = _bundle(proxy)
+    proxy = wired.by_name(f"{n}-kube-proxy")
+    assert "stdin" in proxy.secret_paths
+    proxy_files = bundle(proxy)
     assert proxy_files["/var/lib/kube-proxy/kubeconfig"][1] == 0o600
     proxy_kubeconfig = yaml.safe_load(proxy_files["/var/lib/kube-proxy/kubeconfig"][0])
     assert proxy_kubeconfig["users"][0]["name"] == "system:kube-proxy"
@@ -530,9 +447,9 @@ def test_deployed_files(wired: dict[str, dict[str, Any]], spec: NodeSpec) -> Non
         "/etc/systemd/system/kube-proxy.service",
     }
 
-    containerd = wired[f"{n}-containerd"]
-    assert not _secret(containerd["inputs"]["stdin"]), "no key material: its log stays readable"
-    containerd_files = _bundle(containerd)
+    containerd = wired.by_name(f"{n}-containerd")
+    assert "stdin" not in containerd.secret_paths, "no key material: its log stays readable"
+    containerd_files = bundle(containerd)
     assert set(containerd_files) == {
         "/etc/containerd/config.toml",
         "/etc/cni/net.d/10-bridge.conf",
@@ -543,9 +460,9 @@ def test_deployed_files(wired: dict[str, dict[str, Any]], spec: NodeSpec) -> Non
         [{"subnet": spec.pod_cidr}]
     ]
 
-    ready = wired[f"{n}-ready"]
-    (trigger,) = ready["inputs"]["triggers"]
-    assert not _secret(trigger) and re.fullmatch(r"[0-9a-f]{64}", trigger)
+    ready = wired.by_name(f"{n}-ready")
+    (trigger,) = ready.inputs["triggers"]
+    assert "triggers" not in ready.secret_paths and re.fullmatch(r"[0-9a-f]{64}", trigger)
 
 
 def test_ready_check_reruns_when_a_worker_file_changes() -> None:
@@ -553,9 +470,9 @@ def test_ready_check_reruns_when_a_worker_file_changes() -> None:
         {"controllerCount": 3, "workerCount": 3, "kubernetesVersion": "1.36.5"},
         {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "p"},
     )
-    before, after = _build(CONFIG), _build(newer)
-    assert before["worker-0-ready"]["inputs"]["triggers"] != after["worker-0-ready"]["inputs"]["triggers"]
-    assert before["worker-0-ready"]["inputs"]["create"] == after["worker-0-ready"]["inputs"]["create"]
+    before, after = _build(CONFIG).by_name("worker-0-ready"), _build(newer).by_name("worker-0-ready")
+    assert before.inputs["triggers"] != after.inputs["triggers"]
+    assert before.inputs["create"] == after.inputs["create"]
 
 
 def test_program_wiring(ha: Recording) -> None:
