@@ -113,7 +113,6 @@ def test_api_server_unit(spec: config_module.NodeSpec) -> None:
         "kubelet-certificate-authority": f"{k8s}/ca.pem",
         "kubelet-client-certificate": f"{k8s}/kubernetes.pem",
         "kubelet-client-key": f"{k8s}/kubernetes-key.pem",
-        "runtime-config": "api/all=true",
         "service-account-key-file": f"{k8s}/service-account.pem",
         "service-account-signing-key-file": f"{k8s}/service-account-key.pem",
         "service-account-issuer": "https://203.0.113.7:6443",
@@ -454,3 +453,9 @@ def test_control_plane_deploys(wired: Recording, spec: config_module.NodeSpec) -
     (trigger,) = healthy.inputs["triggers"]
     assert "triggers" not in healthy.secret_paths and re.fullmatch(r"[0-9a-f]{64}", trigger)
     assert healthy.inputs["create"] == cp.render_health_script(spec)
+
+
+def test_api_server_serves_no_alpha_apis() -> None:
+    """KTHW's --runtime-config=api/all=true would switch on every alpha API: needless attack surface."""
+    unit = cp.render_api_server_unit(CONFIG, CONTROLLERS[0], PUBLIC)
+    assert "--runtime-config" not in unit
