@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from components.kubeconfig import encryption_config_output
 from components.pki import Pki, PkiArgs
 from components.render import render
 from tests.harness import Recording, bundle, run_components
+from tests.tools import directives, shellcheck, verify_unit
 
 GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "p"}
 CONFIG = config_module.load({"controllerCount": 3, "workerCount": 1}, GCP)
@@ -36,19 +36,6 @@ UNITS: dict[str, Callable[[ClusterConfig], str]] = {
 
 
 # --- unit parsing ----------------------------------------------------------------------------------
-
-
-def directives(unit: str) -> dict[str, list[str]]:
-    """Every Key=value of a unit, continuation lines joined, comments dropped."""
-    joined = re.sub(r"\\\n\s*", " ", unit)
-    out: dict[str, list[str]] = {}
-    for line in joined.splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";", "[")):
-            continue
-        key, _, value = line.partition("=")
-        out.setdefault(key, []).append(value.strip())
-    return out
 
 
 def exec_start(unit: str) -> tuple[str, list[tuple[str, str | None]]]:
@@ -197,26 +184,7 @@ def test_config_values_flow_into_the_units() -> None:
 
 @pytest.mark.parametrize("name", sorted(UNITS))
 def test_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
-    unit = UNITS[name](CONFIG)
-    (tmp_path / "etc/systemd/system").mkdir(parents=True)
-    (tmp_path / f"etc/systemd/system/{name}.service").write_text(unit)
-    for command in directives(unit)["ExecStart"]:
-        stub = tmp_path / shlex.split(command)[0].lstrip("/")
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        stub.write_text("#!/bin/sh\n")
-        stub.chmod(0o755)
-    result = subprocess.run(
-        ["systemd-analyze", "verify", "--recursive-errors=no", f"--root={tmp_path}", f"{name}.service"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if result.returncode != 0 and "Failed to" in result.stderr and name not in result.stderr:
-        pytest.skip(f"systemd-analyze cannot run here: {result.stderr.strip()}")
-    assert result.returncode == 0, result.stderr
-    assert f"{name}.service" not in result.stderr, result.stderr
+    verify_unit(name, UNITS[name](CONFIG), tmp_path)
 
 
 # --- the health script -----------------------------------------------------------------------------
@@ -228,12 +196,7 @@ def scripts() -> dict[str, str]:
 
 @pytest.mark.parametrize("name", sorted(scripts()))
 def test_shellcheck(name: str, tmp_path: Path) -> None:
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
-    path = tmp_path / f"{name}.sh"
-    path.write_text(scripts()[name])
-    result = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    shellcheck(scripts()[name], tmp_path, name)
 
 
 def test_health_script_checks_the_local_api_with_the_admin_kubeconfig() -> None:

@@ -22,6 +22,7 @@ from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
 from components.render import render
 from tests.harness import Recording, bundle, run_components
+from tests.tools import directives, shellcheck, verify_unit
 
 CONFIG = config_module.load(
     {"controllerCount": 3, "workerCount": 3},
@@ -142,17 +143,6 @@ def test_containerd_reads_the_config(tmp_path: Path) -> None:
 # --- units -----------------------------------------------------------------------------------------
 
 
-def directives(unit: str) -> dict[str, list[str]]:
-    """Every `Key=value` of a unit (continuation lines joined), by key."""
-    joined = re.sub(r"\\\n\s*", " ", unit)
-    found: dict[str, list[str]] = {}
-    for line in joined.splitlines():
-        if "=" in line and not line.startswith(("#", ";", "[")):
-            key, value = line.split("=", 1)
-            found.setdefault(key.strip(), []).append(value.strip())
-    return found
-
-
 def exec_start(unit: str) -> tuple[str, dict[str, str]]:
     """ExecStart's binary and its --flag=value pairs."""
     (line,) = directives(unit)["ExecStart"]
@@ -211,27 +201,7 @@ def test_unit_versions_follow_config() -> None:
 
 @pytest.mark.parametrize("name", sorted(UNITS))
 def test_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
-    unit = UNITS[name](CONFIG)
-    (tmp_path / "etc/systemd/system").mkdir(parents=True)
-    (tmp_path / f"etc/systemd/system/{name}.service").write_text(unit)
-    d = directives(unit)
-    for command in d.get("ExecStart", []) + d.get("ExecStartPre", []):
-        stub = tmp_path / shlex.split(command.lstrip("-"))[0].lstrip("/")
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        stub.write_text("#!/bin/sh\n")
-        stub.chmod(0o755)
-    result = subprocess.run(
-        ["systemd-analyze", "verify", "--recursive-errors=no", f"--root={tmp_path}", f"{name}.service"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if result.returncode != 0 and "Failed to" in result.stderr and name not in result.stderr:
-        pytest.skip(f"systemd-analyze cannot run here: {result.stderr.strip()}")
-    assert result.returncode == 0, result.stderr
-    assert f"{name}.service" not in result.stderr
+    verify_unit(name, UNITS[name](CONFIG), tmp_path)
 
 
 # --- scripts ---------------------------------------------------------------------------------------
@@ -247,12 +217,7 @@ def scripts() -> dict[str, str]:
 
 @pytest.mark.parametrize("name", sorted(scripts()))
 def test_shellcheck(name: str, tmp_path: Path) -> None:
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
-    path = tmp_path / f"{name}.sh"
-    path.write_text(scripts()[name])
-    result = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    shellcheck(scripts()[name], tmp_path, name)
 
 
 def test_prepare_script() -> None:
