@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -197,12 +196,6 @@ class WorkerArgs:
     control_plane_ready: Sequence[pulumi.Resource]
 
 
-def _fingerprint(files: Sequence[remote.RemoteFile]) -> pulumi.Output[str]:
-    """A SHA-256 of a step's files, not secret: a digest reveals nothing of the keys inside."""
-    digest = remote.bundle(files).apply(lambda packed: hashlib.sha256(packed.encode()).hexdigest())
-    return pulumi.Output.unsecret(digest)
-
-
 class WorkerNode(pulumi.ComponentResource):
     """Bootstraps one worker: prerequisites, binaries, then one deploy per service, then a ready check."""
 
@@ -289,7 +282,7 @@ class WorkerNode(pulumi.ComponentResource):
             host,
             render_ready_script(spec),
             parent=self,
-            triggers=[_fingerprint(containerd_files + kubelet_files + kube_proxy_files)],
+            triggers=[remote.fingerprint(containerd_files + kubelet_files + kube_proxy_files)],
             depends_on=[kubelet, kube_proxy],
         )
         self.register_outputs({"internal_ip": spec.internal_ip, "pod_cidr": spec.pod_cidr})
