@@ -154,3 +154,33 @@ def test_each_worker_may_reach_the_api_through_the_public_address(ha_modes: Reco
         assert rule["sourceRanges"] == [addresses["external_ip"] + "/32"]
         assert rule["allows"] == [{"protocol": "tcp", "ports": ["6443"]}]
         assert rule["targetTags"] == ["controller"]
+
+
+@pytest.mark.parametrize("shape", ["small", "ha"])
+def test_api_load_balancer(shape: str, request: pytest.FixtureRequest) -> None:
+    recording: Recording = request.getfixturevalue(shape)
+    controllers = 1 if shape == "small" else 3
+    check = one(recording, "gcp:compute/httpHealthCheck:HttpHealthCheck", "kubernetes")
+    assert (check["host"], check["requestPath"], check["port"]) == (
+        "kubernetes.default.svc.cluster.local",
+        "/healthz",
+        80,
+    )
+    probes = one(recording, "gcp:compute/firewall:Firewall", "kubernetes-the-hard-way-allow-health-check")
+    assert probes["sourceRanges"] == ["209.85.152.0/22", "209.85.204.0/22", "35.191.0.0/16"]
+    assert probes["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
+    pool = one(recording, "gcp:compute/targetPool:TargetPool", "kubernetes-target-pool")
+    assert pool["instances"] == [f"us-west1-c/controller-{i}" for i in range(controllers)]
+    assert pool["region"] == "us-west1"
+    rule = one(recording, "gcp:compute/forwardingRule:ForwardingRule", "kubernetes-forwarding-rule")
+    assert rule["portRange"] == "6443" and rule["ipProtocol"] == "TCP"
+    assert rule["ipAddress"] == recording.outputs["kubernetes_public_address"]
+    # one healthz proxy per controller, one bootstrap chain per worker
+    names = recording.names()
+    assert {f"kthw-api-frontend-controller-{i}-healthz-proxy" for i in range(controllers)} <= names
+    workers = 1 if shape == "small" else 3
+    for i in range(workers):
+        assert {
+            f"kthw-worker-{i}-bootstrap-{s}"
+            for s in ("prepare", "binaries", "containerd", "kubelet", "kube-proxy", "ready")
+        } <= names

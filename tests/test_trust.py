@@ -181,3 +181,41 @@ def test_sensitive_stack_outputs_are_secret(ha: Recording) -> None:
     assert {"admin_kubeconfig", "ssh_private_key"} <= ha.secret_outputs
     assert "ca_certificate" not in ha.secret_outputs
     assert "kubernetes_public_address" not in ha.secret_outputs
+
+
+# --- the bootstrap graph ---------------------------------------------------------------------------
+
+
+def test_every_step_on_a_node_waits_for_its_ssh_gate(ha: Recording) -> None:
+    nodes = [f"controller-{i}" for i in range(3)] + [f"worker-{i}" for i in range(3)]
+    for r in ha.of_type(COMMAND):
+        if r.name.endswith("-ssh-ready"):
+            continue
+        host = r.inputs["connection"]["host"]
+        (node,) = [
+            n for n in nodes if ha.outputs["controllers" if "controller" in n else "workers"][n]["external_ip"] == host
+        ]
+        assert f"kthw-{node}-ssh-ready" in ha.ancestors(r.name), f"{r.name} does not wait for {node}'s gate"
+
+
+def test_smoke_test_is_the_last_step(ha: Recording) -> None:
+    last = ha.ancestors("kthw-smoke-test-public")
+    commands = {r.name for r in ha.of_type(COMMAND)} - {"kthw-smoke-test-public"}
+    assert commands <= last, sorted(commands - last)
+
+
+def test_workers_start_after_every_control_plane_is_healthy(ha: Recording) -> None:
+    for i in range(3):
+        for step in ("kubelet", "kube-proxy"):
+            waits = ha.ancestors(f"kthw-worker-{i}-bootstrap-{step}")
+            assert {f"kthw-controller-{c}-control-plane-healthy" for c in range(3)} <= waits
+            assert "kthw-api-frontend-forwarding-rule" in waits
+
+
+def test_no_api_server_starts_before_every_etcd_member(ha: Recording) -> None:
+    for c in range(3):
+        waits = ha.ancestors(f"kthw-controller-{c}-control-plane-kube-apiserver")
+        assert {f"kthw-controller-{m}-etcd-etcd" for m in range(3)} <= waits
+    # and etcd members do not wait for each other: they start together
+    for c in range(3):
+        assert not [a for a in ha.ancestors(f"kthw-controller-{c}-etcd-etcd") if "-etcd-etcd" in a]
