@@ -25,6 +25,10 @@ POD_CIDR_PREFIX = 24
 _GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _IMAGE = re.compile(r"^([a-z][-a-z0-9]{0,61}[a-z0-9]/)?[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")
+# GCP project IDs: 6-30 of lowercase letters, digits and hyphens, starting with a letter.
+_PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
+# What the example stack files ship with, so a forgotten `pulumi config set gcp:project` is caught here.
+PROJECT_PLACEHOLDER = "your-gcp-project"
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
@@ -240,7 +244,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
             "certRotation", rotation, "a whole number >= 0; raise it by one to re-issue every leaf certificate"
         )
 
-    project = gcp.get("gcp:project")
+    project = _project(gcp.get("gcp:project"))
     return ClusterConfig(
         project=str(project) if project else None,
         region=region,
@@ -345,6 +349,18 @@ def _version(cfg: Mapping[str, Any], key: str, default: str) -> str:
     if not _VERSION.match(value):
         raise ConfigError(key, raw, "a release version like 1.32.3 (a leading 'v' is allowed)")
     return value
+
+
+def _project(raw: object) -> str | None:
+    """The GCP project, if the stack sets one (else the provider falls back to its own settings)."""
+    if raw is None or raw == "":
+        return None
+    project = str(raw)
+    if project == PROJECT_PLACEHOLDER:
+        raise ConfigError("gcp:project", project, "your own project: pulumi config set gcp:project YOUR-PROJECT")
+    if not _PROJECT.match(project):
+        raise ConfigError("gcp:project", project, "a GCP project ID: 6-30 lowercase letters, digits and '-'")
+    return project
 
 
 def _admin_ranges(cfg: Mapping[str, Any]) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from components import config
 from components.config import ConfigError
 from tests.harness import run_program
 
-GCP = {"gcp:project": "p", "gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
+GCP = {"gcp:project": "kthw-test", "gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
 
 
 def load(**kthw: object) -> config.ClusterConfig:
@@ -125,6 +125,7 @@ def test_bad_config_names_key_value_and_rule(values: dict[str, str], message: st
         ({"gcp:region": None}, "gcp:region = None is invalid: required"),
         ({"gcp:region": "US-West1"}, "gcp:region = 'US-West1' is invalid: a GCE name"),
         ({"gcp:zone": "europe-west1-b"}, "gcp:zone = 'europe-west1-b' is invalid: a zone of region 'us-west1'"),
+        ({"gcp:project": "My_Project"}, "gcp:project = 'My_Project' is invalid: a GCP project ID"),
     ],
 )
 def test_bad_gcp_settings(gcp: dict[str, str | None], message: str) -> None:

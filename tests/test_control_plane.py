@@ -23,7 +23,7 @@ from components.render import render
 from tests.harness import Recording, bundle, run_components
 from tests.tools import directives, shellcheck, verify_unit
 
-GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "p"}
+GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"}
 CONFIG = config_module.load({"controllerCount": 3, "workerCount": 1}, GCP)
 CONTROLLERS = CONFIG.controllers
 PUBLIC = "203.0.113.7"

