@@ -86,8 +86,6 @@ class Recording:
             raise KeyError(f"{len(matches)} resources named {name!r}")
         return matches[0]
 
-    __getitem__ = by_name
-
     def of_type(self, token: str) -> list[Recorded]:
         return [r for r in self.resources if r.type == token]
 

@@ -130,7 +130,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         for c in CONTROLLERS:
             root = tmp / c.name
-            files = bundle(registered[f"{c.name}-etcd-etcd"])
+            files = bundle(registered.by_name(f"{c.name}-etcd-etcd"))
             for path, (content, mode) in files.items():
                 target = root / path.lstrip("/")
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ import yaml
 from components import kubeconfig as kc
 from components.config import ClusterConfig
 from components.pki import CertPair, Pki, PkiArgs
-from tests.test_pki import PUBLIC_ADDRESS, MockRun, external_ip, make_config, run_mocked
+from tests.harness import Recording
+from tests.test_pki import PUBLIC_ADDRESS, external_ip, make_config, run_mocked
 
 VENV_BIN = Path("/work/venv/bin")
 PUBLIC_SERVER = f"https://{PUBLIC_ADDRESS}:6443"
@@ -124,7 +125,7 @@ def test_outputs_are_secret_and_match_the_pure_functions() -> None:
 # --- artifacts: every kubeconfig the cluster writes, read by real kubectl -----------------------------------
 
 
-def cluster_kubeconfigs(cfg: ClusterConfig) -> MockRun:
+def cluster_kubeconfigs(cfg: ClusterConfig) -> Recording:
     """The kubeconfigs KTHW writes (ch. 5) with the servers the cluster gives them, plus the encryption config."""
 
     def build() -> dict[str, pulumi.Output[Any]]:
@@ -155,7 +156,7 @@ def cluster_kubeconfigs(cfg: ClusterConfig) -> MockRun:
 
 
 @pytest.fixture(scope="module")
-def ha() -> tuple[ClusterConfig, MockRun]:
+def ha() -> tuple[ClusterConfig, Recording]:
     cfg = make_config(controllerCount=3, workerCount=3)
     return cfg, cluster_kubeconfigs(cfg)
 
@@ -173,7 +174,7 @@ def expected_kubeconfigs(cfg: ClusterConfig) -> dict[str, tuple[str, str]]:
     return expected
 
 
-def test_every_kubeconfig_and_the_encryption_config_is_secret(ha: tuple[ClusterConfig, MockRun]) -> None:
+def test_every_kubeconfig_and_the_encryption_config_is_secret(ha: tuple[ClusterConfig, Recording]) -> None:
     cfg, run = ha
     for name in [*expected_kubeconfigs(cfg), "encryption-config"]:
         assert run.values[name].secret, name
@@ -183,7 +184,7 @@ def test_every_kubeconfig_and_the_encryption_config_is_secret(ha: tuple[ClusterC
 
 
 @needs_kubectl
-def test_kubectl_reads_every_kubeconfig(ha: tuple[ClusterConfig, MockRun], tmp_path: Path) -> None:
+def test_kubectl_reads_every_kubeconfig(ha: tuple[ClusterConfig, Recording], tmp_path: Path) -> None:
     cfg, run = ha
     binary = kubectl()
     assert binary is not None
@@ -229,7 +230,7 @@ def test_kubectl_reads_every_kubeconfig(ha: tuple[ClusterConfig, MockRun], tmp_p
 @needs_kubectl
 @needs_openssl
 def test_embedded_client_certs_verify_against_the_embedded_ca(
-    ha: tuple[ClusterConfig, MockRun], tmp_path: Path
+    ha: tuple[ClusterConfig, Recording], tmp_path: Path
 ) -> None:
     """What kubectl would present: the client cert it decodes chains to the CA it decodes, with the right CN."""
     cfg, run = ha

@@ -54,9 +54,6 @@ def run_mocked(build: Callable[[], Mapping[str, pulumi.Output[Any]]], *, preview
     return run_components(program, preview=preview)
 
 
-MockRun = Recording  # the name test_kubeconfig imports
-
-
 def pki_outputs(pki: Pki) -> dict[str, pulumi.Output[Any]]:
     """Every CertPair of a Pki, flattened as '<attr>.cert' / '<attr>.key', plus the encryption key."""
     pairs: dict[str, CertPair] = {
