@@ -183,8 +183,8 @@ class ControlPlaneNode(pulumi.ComponentResource):
         )
 
         # ca.pem and service-account-key.pem are the API server's files too. This step runs after
-        # the API server's so the two never write one path at once; the key changes only with
-        # certRotation, which also re-issues this kubeconfig's certificate and so restarts this service.
+        # the API server's so the two never write one path at once; its own stamp (deploy.sh) still
+        # restarts this service when a shared file changes, though the API server's step wrote it first.
         controller_manager_files = [
             remote.RemoteFile(f"{UNIT_DIR}/kube-controller-manager.service", render_controller_manager_unit(cfg)),
             remote.RemoteFile(CA_FILE, pki.ca.cert_pem),
