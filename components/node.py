@@ -10,7 +10,6 @@ from pulumi_gcp import compute
 
 from components import remote
 from components.config import ClusterConfig, NodeSpec
-from components.network import NAME as NETWORK_TAG
 from components.render import render
 
 BOOT_DISK_GB = 20
@@ -65,7 +64,7 @@ class Node(pulumi.ComponentResource):
                 }
             ],
             service_account={"scopes": list(SCOPES)},
-            tags=[NETWORK_TAG, spec.role],
+            tags=[cfg.names.network, spec.role],
             metadata=metadata,
             allow_stopping_for_update=True,
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
