@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.upstream.build import Recipe, recipes
+if TYPE_CHECKING:
+    from tests.upstream.build import Recipe
 
 
 def recipe(name: str) -> Recipe:
+    # Imported here so `python -m tests.upstream.build` does not find its own module half-loaded.
+    from tests.upstream.build import recipes
+
     return next(r for r in recipes() if r.name == name)
 
 
