@@ -575,3 +575,7 @@ def test_controller_manager_takes_no_requestheader_flags() -> None:
     """It reads the request-header CA from kube-system/extension-apiserver-authentication, as metrics-server does."""
     _, flags = flag_dict(cp.render_controller_manager_unit(CONFIG))
     assert not [f for f in flags if f.startswith(("requestheader-", "proxy-client-"))]
+
+
+def test_systemd_analyze_verify_api_server_without_audit(tmp_path: Path) -> None:
+    verify_unit("kube-apiserver", cp.render_api_server_unit(audit_off(), CONTROLLERS[0], PUBLIC), tmp_path)
