@@ -30,6 +30,9 @@ _PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 # What the example stack files ship with, so a forgotten `pulumi config set gcp:project` is caught here.
 PROJECT_PLACEHOLDER = "your-gcp-project"
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# kthw:auditLevel: the audit policy's catch-all level (audit.k8s.io/v1 spelling), or "off" for no audit log.
+AUDIT_OFF = "off"
+AUDIT_LEVELS = ("None", "Metadata", "Request", "RequestResponse")
 
 
 class ConfigError(ValueError):
@@ -83,6 +86,12 @@ class ClusterConfig:
     binary_mirror: str | None = None
     cert_validity_hours: int = 8760
     cert_rotation: int = 0
+    audit_level: str = "Metadata"  # one of AUDIT_LEVELS, or AUDIT_OFF
+    metrics_server: bool = True
+
+    @property
+    def audit_enabled(self) -> bool:
+        return self.audit_level != AUDIT_OFF
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -132,6 +141,8 @@ KEYS = (
     "binaryMirror",
     "certValidityHours",
     "certRotation",
+    "auditLevel",
+    "metricsServer",
 )
 GCP_KEYS = ("project", "region", "zone")
 
@@ -244,6 +255,9 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
             "certRotation", rotation, "a whole number >= 0; raise it by one to re-issue every leaf certificate"
         )
 
+    audit_level = _choice(cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS))
+    metrics_server = _bool(cfg, "metricsServer", True)
+
     project = _project(gcp.get("gcp:project"))
     return ClusterConfig(
         project=str(project) if project else None,
@@ -268,6 +282,8 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         binary_mirror=str(mirror).rstrip("/") if mirror else None,
         cert_validity_hours=validity,
         cert_rotation=rotation,
+        audit_level=audit_level,
+        metrics_server=metrics_server,
     )
 
 
@@ -299,6 +315,28 @@ def _int(cfg: Mapping[str, Any], key: str, default: int) -> int:
         return int(str(raw).strip())
     except ValueError:
         raise ConfigError(key, raw, "a whole number") from None
+
+
+def _bool(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
+    raw = cfg.get(key, default)
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in ("true", "false"):
+        raise ConfigError(key, raw, "true or false")
+    return text == "true"
+
+
+def _choice(cfg: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    """One of `allowed`, matched case-insensitively and returned as `allowed` spells it."""
+    raw = cfg.get(key) or default
+    by_lower = {a.lower(): a for a in allowed}
+    value = by_lower.get(str(raw).strip().lower())
+    if value is None:
+        raise ConfigError(key, raw, f"one of {', '.join(allowed)}")
+    return value
 
 
 def _count(cfg: Mapping[str, Any], key: str, default: int, maximum: int, why: str) -> int:

@@ -29,7 +29,7 @@ def test_every_key_the_program_reads_is_declared_with_type_and_description() -> 
     assert set(declared) == set(config.KEYS)
     assert set(declared) >= CONTRACT
     for key, spec in declared.items():
-        assert spec["type"] in {"string", "integer", "array"}, key
+        assert spec["type"] in {"string", "integer", "boolean", "array"}, key
         assert len(spec["description"]) > 10, key
 
 
