@@ -141,7 +141,12 @@ class Cluster(pulumi.ComponentResource):
         self.addons = Addons(
             f"{name}-addons",
             AddonsArgs(
-                config=cfg, host=first_controller, depends_on=control_plane_healthy, workers_ready=workers_ready
+                config=cfg,
+                host=first_controller,
+                depends_on=control_plane_healthy,
+                workers_ready=workers_ready,
+                ca_cert=self.pki.ca.cert_pem,
+                metrics_server_tls=self.pki.metrics_server,
             ),
             child,
         )
@@ -153,7 +158,13 @@ class Cluster(pulumi.ComponentResource):
                 controller=first_controller,
                 probe=self.workers[0].host,
                 public_address=self.public_address,
-                depends_on=[self.addons.rbac, self.addons.dns, *workers_ready, *self.api_frontend.ready],
+                depends_on=[
+                    self.addons.rbac,
+                    self.addons.dns,
+                    *([self.addons.metrics_server] if self.addons.metrics_server else []),
+                    *workers_ready,
+                    *self.api_frontend.ready,
+                ],
             ),
             child,
         )

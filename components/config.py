@@ -52,6 +52,9 @@ KTHW_SHORT_NAME = "kubernetes"
 # The smallest nodeCidr with room for worker-0 at host .20 and GCE's reserved tail.
 MIN_NODE_CIDR_PREFIX = 32 - (WORKER_HOST_OFFSET + GCE_RESERVED_TAIL).bit_length()
 DEFAULT_CIDRS = {"nodeCidr": "10.240.0.0/24", "clusterCidr": "10.200.0.0/16", "serviceCidr": "10.32.0.0/24"}
+# kthw:auditLevel: the audit policy's catch-all level (audit.k8s.io/v1 spelling), or "off" for no audit log.
+AUDIT_OFF = "off"
+AUDIT_LEVELS = ("None", "Metadata", "Request", "RequestResponse")
 
 
 class ConfigError(ValueError):
@@ -205,6 +208,12 @@ class ClusterConfig:
     cert_validity_hours: int = 8760
     cert_rotation: int = 0
     names: GceNames = field(default_factory=GceNames)
+    audit_level: str = "Metadata"  # one of AUDIT_LEVELS, or AUDIT_OFF
+    metrics_server: bool = True
+
+    @property
+    def audit_enabled(self) -> bool:
+        return self.audit_level != AUDIT_OFF
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -430,6 +439,8 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
             ("crictl", "crictlVersion", versions.CRICTL),
         )
     }
+    audit_level = problems.check(functools.partial(_choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS)))
+    metrics_server = problems.check(functools.partial(_bool, cfg, "metricsServer", True))
     names = problems.check(lambda: _cluster_name(cfg, controller_count, worker_count, cluster_net))
 
     if problems.found:
@@ -438,6 +449,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     assert node_net is not None and cluster_net is not None and service_net is not None
     assert controller_count is not None and worker_count is not None and machine_type is not None
     assert validity is not None and rotation is not None and admin_ranges is not None
+    assert audit_level is not None and metrics_server is not None
 
     controllers = tuple(
         NodeSpec(
@@ -478,6 +490,8 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         cert_validity_hours=validity,
         cert_rotation=rotation,
         names=names,
+        audit_level=audit_level,
+        metrics_server=metrics_server,
     )
 
 
@@ -509,6 +523,28 @@ def _int(cfg: Mapping[str, Any], key: str, default: int) -> int:
         return int(str(raw).strip())
     except ValueError:
         raise ConfigError(key, raw, "a whole number") from None
+
+
+def _bool(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
+    raw = cfg.get(key, default)
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in ("true", "false"):
+        raise ConfigError(key, raw, "true or false")
+    return text == "true"
+
+
+def _choice(cfg: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    """One of `allowed`, matched case-insensitively and returned as `allowed` spells it."""
+    raw = cfg.get(key) or default
+    by_lower = {a.lower(): a for a in allowed}
+    value = by_lower.get(str(raw).strip().lower())
+    if value is None:
+        raise ConfigError(key, raw, f"one of {', '.join(allowed)}")
+    return value
 
 
 def _count(cfg: Mapping[str, Any], key: str, default: int, maximum: int | None, why: str) -> int:

@@ -276,7 +276,7 @@ def run_components(
     """Run `build` as a Pulumi program in a stack under mocks, with the given config, and record it all.
 
     Config keys without a namespace are kthw's; BASE_CONFIG fills in the rest. What `build` returns is ignored.
-    Raises whatever the program raises (a ConfigError for bad config), after the runtime is reset.
+    Raises whatever the program raises (ConfigErrors for bad config), after the runtime is reset.
     """
     global _watched
     full = {**BASE_CONFIG, **{k if ":" in k else f"kthw:{k}": v for k, v in (config or {}).items()}}

@@ -280,3 +280,29 @@ def test_even_controller_count_is_allowed_with_a_quorum_warning() -> None:
 
 def test_odd_controller_count_warns_nothing(small) -> None:  # type: ignore[no-untyped-def]
     assert small.warnings == []
+
+
+def test_audit_level_and_metrics_server_defaults_and_spellings() -> None:
+    cfg = load()
+    assert (cfg.audit_level, cfg.audit_enabled, cfg.metrics_server) == ("Metadata", True, True)
+    # The CLI stores strings; a structured stack file gives booleans. Levels keep audit.k8s.io's spelling.
+    cfg = load(auditLevel="requestresponse", metricsServer="false")
+    assert (cfg.audit_level, cfg.metrics_server) == ("RequestResponse", False)
+    assert load(auditLevel="None").audit_enabled  # level None still logs what the policy's own rules name
+    off = load(auditLevel="OFF", metricsServer=False)
+    assert (off.audit_level, off.audit_enabled, off.metrics_server) == ("off", False, False)
+    assert load(metricsServer="True").metrics_server is True
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("auditLevel", "verbose", "one of off, None, Metadata, Request, RequestResponse"),
+        ("metricsServer", "yes", "true or false"),
+        ("metricsServer", "1", "true or false"),
+    ],
+)
+def test_audit_level_and_metrics_server_refuse_bad_values(key: str, value: str, rule: str) -> None:
+    with pytest.raises(ConfigErrors) as error:
+        load(**{key: value})
+    assert str(error.value) == f"kthw:{key} = {value!r} is invalid: {rule}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kthw: {{ node }}: smoke test: KTHW ch. 13 from a controller: nodes, encryption at rest, a
-# deployment, exec and logs through the kubelet, and cluster DNS. The manifests arrive on stdin.
+# deployment, exec and logs through the kubelet, and cluster DNS; then, when they are on, an audit event
+# for a request of its own and `kubectl top nodes`. The manifests arrive on stdin.
 # Every check is bounded; re-running the test replaces its objects, so it is idempotent.
 set -euo pipefail
 
@@ -12,6 +13,9 @@ secret="{{ secret }}"
 deployment="{{ deployment }}"
 dns_pod="{{ dns_pod }}"
 encryption_prefix="{{ encryption_prefix }}"
+# Empty when kthw:auditLevel is off / kthw:metricsServer is false.
+audit_log="{{ audit_log }}"
+metrics="{{ metrics }}"
 
 fail() {
   echo "kthw: ${node}: smoke test: $*" >&2
@@ -90,3 +94,39 @@ awk -v ip="${service_ip}" '
   END { exit !found }' <<<"${lookup}" \
   || fail "dns: kubernetes.default did not resolve to ${service_ip}: ${lookup}"
 echo "kthw: ${node}: smoke test: dns: kubernetes.default -> ${service_ip} via ${dns_ip}"
+
+# 6. Audit (kthw:auditLevel): a request this test makes shows up in this controller's audit log (the
+#    admin kubeconfig talks to the local API server). The policy logs configmaps at Metadata: the event
+#    names the object, never its data.
+if [ -n "${audit_log}" ]; then
+  marker="kthw-smoke-audit-$(date +%s)-${RANDOM}"
+  kubectl_admin -n default create configmap "${marker}" >/dev/null || fail "audit: could not create configmap ${marker}"
+  logged=""
+  for _ in $(seq 1 15); do
+    if sudo grep -qF -- "${marker}" "${audit_log}"; then
+      logged="yes"
+      break
+    fi
+    sleep 2
+  done
+  kubectl_admin -n default delete configmap "${marker}" --ignore-not-found >/dev/null || true
+  [ -n "${logged}" ] || fail "audit: no event for configmap ${marker} in ${audit_log} after 30 seconds"
+  echo "kthw: ${node}: smoke test: audit: ${audit_log} records the creation of configmap ${marker}"
+fi
+
+# 7. Metrics (kthw:metricsServer): the aggregated metrics API answers for every worker. Its first scrape
+#    comes a minute or so after it starts, so this waits, bounded.
+if [ -n "${metrics}" ]; then
+  top=""
+  for _ in $(seq 1 30); do
+    top="$(kubectl_admin top nodes --no-headers --request-timeout=10s 2>&1 || true)"
+    missing=()
+    for worker in "${workers[@]}"; do
+      awk -v n="${worker}" '$1 == n { found = 1 } END { exit !found }' <<<"${top}" || missing+=("${worker}")
+    done
+    [ "${#missing[@]}" -eq 0 ] && break
+    sleep 10
+  done
+  [ "${#missing[@]}" -eq 0 ] || fail "metrics: kubectl top nodes has no figures for ${missing[*]} after 5 minutes: ${top}"
+  echo "kthw: ${node}: smoke test: metrics: kubectl top nodes reports ${workers[*]}"
+fi
