@@ -132,3 +132,27 @@ def test_bad_config_is_one_line_without_traceback(cli: Cli, stack: StackSetup) -
     assert "Traceback" not in output and 'File "' not in output, output
     # Config is refused before the first resource, so the plugin is never asked for.
     assert not MISSING_PLUGIN.search(output), output
+
+
+def test_a_misspelled_key_and_a_bad_value_are_named_together(cli: Cli, stack: StackSetup) -> None:
+    """Through the real language host: the program sees every key of the stack and reports every problem."""
+    stack("dev")
+    cli("config", "set", "kthw:workercount", "5", "--stack", "dev")
+    cli("config", "set", "kthw:clusterCidr", "10.240.0.0/16", "--stack", "dev")
+    result = cli("preview", "--stack", "dev", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "kthw:workercount is not a known key: did you mean kthw:workerCount?" in output, output
+    overlap = "kthw:clusterCidr = '10.240.0.0/16' is invalid: a range that does not overlap kthw:nodeCidr"
+    assert overlap in output, output
+    assert "Traceback" not in output and 'File "' not in output, output
+    assert not MISSING_PLUGIN.search(output), output
+
+
+def test_another_cluster_name_passes_the_cli(cli: Cli, stack: StackSetup) -> None:
+    stack("ha")
+    cli("config", "set", "kthw:clusterName", "ha", "--stack", "ha")
+    result = cli("preview", "--stack", "ha", check=False)
+    output = result.stdout + result.stderr
+    assert "is invalid" not in output and "not a known key" not in output, output
+    assert MISSING_PLUGIN.search(output), output
