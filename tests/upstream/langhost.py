@@ -161,7 +161,10 @@ def main(argv: list[str]) -> int:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
-    server.wait_for_termination()
+    try:
+        server.wait_for_termination()
+    except KeyboardInterrupt:  # the engine stops its plugins with SIGINT: not an error, and no traceback
+        server.stop(grace=None)
     return 0
 
 
