@@ -123,15 +123,25 @@ def run(
 
 
 def deploy_script(
-    node: str, step: str, files: Sequence[RemoteFile], units: Sequence[str] = (), *, no_block: bool = False
+    node: str,
+    step: str,
+    files: Sequence[RemoteFile],
+    units: Sequence[str] = (),
+    *,
+    no_block: bool = False,
+    obsolete: Sequence[str] = (),
 ) -> str:
-    """The script of a deploy step: install `files` from a tar on stdin, then (re)start `units`."""
+    """The script of a deploy step: install `files` from a tar on stdin, remove `obsolete`, then (re)start `units`."""
+    clash = {f.path for f in files} & set(obsolete)
+    if clash:
+        raise ValueError(f"{step}: {sorted(clash)} both installed and removed")
     return render(
         "common/deploy.sh",
         node=node,
         step=step,
         units=" ".join(units),
         files="\n".join(f"{f.path} {f.mode:o}" for f in files),
+        obsolete="\n".join(obsolete),
         # etcd's first member blocks in `start` until a quorum exists; --no-block lets every
         # member start at once instead of one waiting on the next.
         restart_flags="--no-block" if no_block else "",
@@ -146,6 +156,7 @@ def deploy(
     step: str,
     files: Sequence[RemoteFile],
     units: Sequence[str] = (),
+    obsolete: Sequence[str] = (),
     no_block: bool = False,
     secret: bool = True,
     triggers: Sequence[pulumi.Input[object]] | None = None,
@@ -154,12 +165,14 @@ def deploy(
     """Place one service's files on a node and (re)start the service when any of them changed.
 
     One deploy per service keeps restarts local: a new kubelet config restarts the kubelet and
-    nothing else. The bundle is secret by default since most steps carry a private key.
+    nothing else. `obsolete` names files an earlier version of the step wrote and this one
+    replaces: they are removed, and their removal counts as a change. The bundle is secret by
+    default since most steps carry a private key.
     """
     return run(
         resource_name,
         host,
-        deploy_script(host.name, step, files, units, no_block=no_block),
+        deploy_script(host.name, step, files, units, no_block=no_block, obsolete=obsolete),
         parent=parent,
         stdin=bundle(files),
         secret_stdin=secret,

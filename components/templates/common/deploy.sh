@@ -46,6 +46,17 @@ done <<'FILES'
 {{ files }}
 FILES
 
+# Files an earlier version of this step installed and this one replaces (a stale CNI conf would win).
+while read -r path; do
+  [ -n "${path}" ] || continue
+  if sudo test -e "${path}"; then
+    sudo rm -f "${path}" || fail "could not remove ${path}"
+    changed=1
+  fi
+done <<'OBSOLETE'
+{{ obsolete }}
+OBSOLETE
+
 if [ "${units_changed}" = 1 ]; then
   sudo systemctl daemon-reload || fail "systemctl daemon-reload failed"
 fi
