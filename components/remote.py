@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import remote
 
+from components import bounds
 from components.render import render
 
 # How long one bootstrap step may take (downloads, a cold systemd start) before `pulumi up` fails.
-STEP_TIMEOUT = "20m"
+# The engine does not stop the script then: each script bounds its own waits (components/bounds.py).
+STEP_TIMEOUT = bounds.duration(bounds.STEP_TIMEOUT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ def deploy_script(
     *,
     no_block: bool = False,
     obsolete: Sequence[str] = (),
+    systemctl_timeout: int = bounds.SYSTEMCTL_TIMEOUT_SECONDS,
 ) -> str:
     """The script of a deploy step: install `files` from a tar on stdin, remove `obsolete`, then (re)start `units`."""
     clash = {f.path for f in files} & set(obsolete)
@@ -145,6 +148,7 @@ def deploy_script(
         # etcd's first member blocks in `start` until a quorum exists; --no-block lets every
         # member start at once instead of one waiting on the next.
         restart_flags="--no-block" if no_block else "",
+        systemctl_timeout=systemctl_timeout,
     )
 
 

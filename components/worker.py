@@ -9,7 +9,7 @@ from typing import Any
 
 import pulumi
 
-from components import artifacts, remote
+from components import artifacts, bounds, remote
 from components.config import ClusterConfig, NodeSpec
 from components.kubeconfig import KUBE_PROXY_USER, kubeconfig_output, kubelet_user
 from components.pki import CertPair
@@ -58,8 +58,6 @@ SYSCTLS = (("net.bridge.bridge-nf-call-iptables", "1"), ("net.ipv4.ip_forward", 
 ARTIFACTS = ("containerd", "runc", "cni-plugins", "crictl", "kubelet", "kube-proxy", "kubectl")
 # The CNI spec version KTHW uses; CNI plugins 1.9 and containerd 2.x's libcni read 0.1.0 through 1.1.0.
 CNI_SPEC_VERSION = "1.0.0"
-# How long the ready check waits for the services and for the node to report Ready.
-READY_TIMEOUT_SECONDS = 300
 
 
 # --- pure renderers: config in, file content out (tests call these directly) --------------------
@@ -209,16 +207,28 @@ def render_prepare_script(spec: NodeSpec) -> str:
         modules=" ".join(KERNEL_MODULES),
         sysctls=" ".join(f"{key}={value}" for key, value in SYSCTLS),
         resolv_conf=RESOLV_CONF,
+        **bounds.apt_values(),
     )
 
 
-def render_ready_script(spec: NodeSpec) -> str:
-    """ready.sh: wait for containerd, kubelet and kube-proxy, then for the node to be Ready."""
+def render_ready_script(
+    spec: NodeSpec,
+    *,
+    timeout_seconds: int = bounds.WORKER_READY_SECONDS,
+    kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
+    units: Sequence[str] = ("containerd", "kubelet", "kube-proxy"),
+) -> str:
+    """ready.sh: wait for containerd, kubelet and kube-proxy, then for the node to be Ready.
+
+    The keywords exist for tests, which run the script with short bounds against stand-ins.
+    """
     return render(
         "worker/ready.sh",
         node=spec.name,
-        units="containerd kubelet kube-proxy",
-        timeout_seconds=READY_TIMEOUT_SECONDS,
+        units=" ".join(units),
+        timeout_seconds=timeout_seconds,
+        kubectl_timeout=kubectl_timeout,
+        systemctl_timeout=bounds.SYSTEMCTL_TIMEOUT_SECONDS,
         kubeconfig=KUBELET_KUBECONFIG,
     )
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from components import remote
-from components.render import render
+from components import node, remote
 
 SHELLCHECK = shutil.which("shellcheck")
 
@@ -215,7 +214,7 @@ def test_no_block_is_only_for_steps_that_ask() -> None:
     [
         remote.deploy_script("worker-0", "kubelet", [remote.RemoteFile("/a", "x")], ["kubelet"]),
         remote.deploy_script("controller-0", "config", [remote.RemoteFile("/a", "x")]),
-        render("node/ssh-ready.sh", node="worker-0"),
+        node.ssh_ready_script("worker-0"),
     ],
     ids=["deploy", "deploy-no-units", "ssh-ready"],
 )

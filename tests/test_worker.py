@@ -20,7 +20,6 @@ from components import config as config_module
 from components import remote, worker
 from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
-from components.render import render
 from tests.harness import Recording, bundle, run_components
 from tests.tools import directives, shellcheck, verify_unit
 
@@ -292,7 +291,7 @@ def test_ready_script() -> None:
     assert "units=(containerd kubelet kube-proxy)" in script
     assert "--kubeconfig /var/lib/kubelet/kubeconfig" in script
     assert 'echo "kthw: ${node}: worker start: $*" >&2' in script
-    assert "journalctl -u" in script and "systemctl status" in script
+    assert "journalctl -u" in script and "systemctl_root status --no-pager" in script
 
 
 def _run_ready(tmp_path: Path, *, active: str, ready: str) -> subprocess.CompletedProcess[str]:
@@ -309,7 +308,7 @@ def _run_ready(tmp_path: Path, *, active: str, ready: str) -> subprocess.Complet
     for name, body in programs.items():
         (stubs / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
         (stubs / name).chmod(0o755)
-    script = render("worker/ready.sh", node="worker-0", units="containerd kubelet", timeout_seconds=0, kubeconfig="/k")
+    script = worker.render_ready_script(WORKERS[0], timeout_seconds=0, units=("containerd", "kubelet"))
     return subprocess.run(
         ["bash", "-c", script],
         capture_output=True,
@@ -328,7 +327,7 @@ def test_ready_script_passes_when_the_node_is_ready(tmp_path: Path) -> None:
 def test_ready_script_names_the_inactive_unit(tmp_path: Path) -> None:
     result = _run_ready(tmp_path, active="3", ready="True")
     assert result.returncode == 1
-    assert result.stderr.startswith("kthw: worker-0: worker start: containerd is not active\n")
+    assert result.stderr.startswith("kthw: worker-0: worker start: containerd is not active after 0s\n")
     assert "status of status --no-pager --lines=0 kubelet" in result.stderr
     assert "journal of -u kubelet -n 25 --no-pager" in result.stderr
 
