@@ -217,8 +217,9 @@ def render_ready_script(
     timeout_seconds: int = bounds.WORKER_READY_SECONDS,
     kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
     units: Sequence[str] = ("containerd", "kubelet", "kube-proxy"),
+    cni_bin_dir: str = CNI_BIN_DIR,
 ) -> str:
-    """ready.sh: wait for containerd, kubelet and kube-proxy, then for the node to be Ready.
+    """ready.sh: check the CNI plugins, wait for containerd, kubelet and kube-proxy, then for the node to be Ready.
 
     The keywords exist for tests, which run the script with short bounds against stand-ins.
     """
@@ -230,6 +231,8 @@ def render_ready_script(
         kubectl_timeout=kubectl_timeout,
         systemctl_timeout=bounds.SYSTEMCTL_TIMEOUT_SECONDS,
         kubeconfig=KUBELET_KUBECONFIG,
+        cni_plugins=" ".join(CNI_REQUIRED_BINARIES),
+        cni_bin_dir=cni_bin_dir,
     )
 
 

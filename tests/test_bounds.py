@@ -365,7 +365,14 @@ def test_a_worker_whose_kubectl_never_returns_fails_the_ready_step(tmp_path: Pat
             "kubectl": "exec sleep 600",
         },
     )
-    script = worker.render_ready_script(CONFIG.workers[1], timeout_seconds=2, kubectl_timeout=1)
+    cni_bin = tmp_path / "cni-bin"
+    cni_bin.mkdir()
+    for plugin in worker.CNI_REQUIRED_BINARIES:
+        (cni_bin / plugin).write_text("#!/bin/sh\n")
+        (cni_bin / plugin).chmod(0o755)
+    script = worker.render_ready_script(
+        CONFIG.workers[1], timeout_seconds=2, kubectl_timeout=1, cni_bin_dir=str(cni_bin)
+    )
     result, elapsed = _timed(["bash", "-c", script], env)
     assert result.returncode == 1
     assert elapsed < 15, elapsed

@@ -294,7 +294,19 @@ def test_ready_script() -> None:
     assert "journalctl -u" in script and "systemctl_root status --no-pager" in script
 
 
-def _run_ready(tmp_path: Path, *, active: str, ready: str) -> subprocess.CompletedProcess[str]:
+def cni_plugins(tmp_path: Path, names: tuple[str, ...] = worker.CNI_REQUIRED_BINARIES) -> Path:
+    """A stand-in for /opt/cni/bin holding executables with the given names."""
+    cni_bin = tmp_path / "cni-bin"
+    cni_bin.mkdir()
+    for name in names:
+        (cni_bin / name).write_text("#!/bin/sh\n")
+        (cni_bin / name).chmod(0o755)
+    return cni_bin
+
+
+def _run_ready(
+    tmp_path: Path, *, active: str, ready: str, plugins: tuple[str, ...] = worker.CNI_REQUIRED_BINARIES
+) -> subprocess.CompletedProcess[str]:
     """ready.sh (with a zero wait) against stub sudo, systemctl, journalctl and kubectl."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
@@ -308,7 +320,9 @@ def _run_ready(tmp_path: Path, *, active: str, ready: str) -> subprocess.Complet
     for name, body in programs.items():
         (stubs / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
         (stubs / name).chmod(0o755)
-    script = worker.render_ready_script(WORKERS[0], timeout_seconds=0, units=("containerd", "kubelet"))
+    script = worker.render_ready_script(
+        WORKERS[0], timeout_seconds=0, units=("containerd", "kubelet"), cni_bin_dir=str(cni_plugins(tmp_path, plugins))
+    )
     return subprocess.run(
         ["bash", "-c", script],
         capture_output=True,
@@ -330,6 +344,15 @@ def test_ready_script_names_the_inactive_unit(tmp_path: Path) -> None:
     assert result.stderr.startswith("kthw: worker-0: worker start: containerd is not active after 0s\n")
     assert "status of status --no-pager --lines=0 kubelet" in result.stderr
     assert "journal of -u kubelet -n 25 --no-pager" in result.stderr
+
+
+def test_ready_script_names_a_missing_cni_plugin(tmp_path: Path) -> None:
+    """containerd needs the loopback binary for every sandbox although no conf names it."""
+    result = _run_ready(tmp_path, active="0", ready="True", plugins=("bridge", "host-local", "portmap"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"kthw: worker-0: worker start: CNI plugin loopback is missing from {tmp_path}/cni-bin"
+    )
 
 
 def test_ready_script_names_a_node_that_is_not_ready(tmp_path: Path) -> None:

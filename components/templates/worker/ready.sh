@@ -24,6 +24,12 @@ fail() {
   exit 1
 }
 
+# containerd runs these for every pod sandbox (loopback for lo, the conflist's chain for eth0); a
+# missing one shows up only as pods stuck in ContainerCreating, so name it here.
+for plugin in {{ cni_plugins }}; do
+  [ -x "{{ cni_bin_dir }}/${plugin}" ] || fail "CNI plugin ${plugin} is missing from {{ cni_bin_dir }}"
+done
+
 for unit in "${units[@]}"; do
   until systemctl_root is-active --quiet "${unit}"; do
     [ "${SECONDS}" -lt "${deadline}" ] || fail "${unit} is not active after ${timeout}s"
