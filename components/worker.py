@@ -30,7 +30,10 @@ CNI_CONF_DIR = "/etc/cni/net.d"
 CNI_CONFLIST = f"{CNI_CONF_DIR}/05-kthw-bridge.conflist"
 # The single-plugin files earlier versions wrote; "10-bridge.conf" would sort first if left behind.
 CNI_OBSOLETE_CONFS = (f"{CNI_CONF_DIR}/10-bridge.conf", f"{CNI_CONF_DIR}/99-loopback.conf")
-CNI_NETWORK_NAME = "kthw"
+# The name the old 10-bridge.conf had: host-local keeps its address leases under
+# /var/lib/cni/networks/<name>, so on an upgraded worker the pods still running keep their
+# addresses out of the pool new pods draw from.
+CNI_NETWORK_NAME = "bridge"
 # Pod loopback is not part of the network list: containerd sets up every sandbox's lo itself, by
 # running the "loopback" plugin from bin_dirs (its use_internal_loopback defaults to false), so the
 # CNI plugins tarball must bring that binary along with the chain's.

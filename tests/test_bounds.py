@@ -31,6 +31,7 @@ from tests.harness import Recording
 
 GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"}
 CONFIG = config_module.load({"controllerCount": 3, "workerCount": 3}, GCP)
+SLEEP = shutil.which("sleep") or "/bin/sleep"
 
 # --- the lint ------------------------------------------------------------------------------------
 
@@ -362,7 +363,9 @@ def test_a_worker_whose_kubectl_never_returns_fails_the_ready_step(tmp_path: Pat
             "sudo": 'if [ "$1" = /usr/local/bin/kubectl ]; then shift; exec kubectl "$@"; fi\nexec "$@"',
             "systemctl": "exit 0",
             "journalctl": "true",
-            "kubectl": "exec sleep 600",
+            "kubectl": f"exec {SLEEP} 600",
+            # The script's own pauses return at once: the bound under test is the deadline.
+            "sleep": "true",
         },
     )
     cni_bin = tmp_path / "cni-bin"
@@ -426,7 +429,9 @@ def test_a_smoke_check_against_an_api_that_never_answers_ends(tmp_path: Path) ->
         {
             "sudo": 'while [[ "$1" == *=* ]]; do shift; done\nif [ "$1" = /usr/local/bin/kubectl ]; then shift; '
             'exec kubectl "$@"; fi\nexec "$@"',
-            "kubectl": "exec sleep 600",
+            "kubectl": f"exec {SLEEP} 600",
+            # The script's own pauses return at once: the bound under test is the deadline.
+            "sleep": "true",
         },
     )
     script = addons.smoke_test_script(CONFIG, "controller-0", check_seconds=2, kubectl_timeout=1)
