@@ -77,12 +77,12 @@ CURL = Curl()
 PROBE_CURL = Curl(connect_timeout=5, max_time=10, retries=0, retry_delay=0)
 
 
-def apt_values() -> dict[str, int]:
-    """The values a script template's apt_* placeholders take."""
+def apt_values(*, timeout: int = APT_CALL_TIMEOUT_SECONDS, attempts: int = APT_ATTEMPTS) -> dict[str, int]:
+    """The values a script template's apt_* placeholders take (tests pass short ones)."""
     return {
-        "apt_attempts": APT_ATTEMPTS,
-        "apt_timeout": APT_CALL_TIMEOUT_SECONDS,
-        "apt_lock_timeout": APT_LOCK_TIMEOUT_SECONDS,
+        "apt_attempts": attempts,
+        "apt_timeout": timeout,
+        "apt_lock_timeout": min(APT_LOCK_TIMEOUT_SECONDS, timeout),
     }
 
 

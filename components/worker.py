@@ -201,7 +201,9 @@ def render_kube_proxy_unit(config: ClusterConfig) -> str:
     return render("worker/kube-proxy.service", version=config.versions.kubernetes, config_path=KUBE_PROXY_CONFIG)
 
 
-def render_prepare_script(spec: NodeSpec) -> str:
+def render_prepare_script(
+    spec: NodeSpec, *, apt_timeout: int = bounds.APT_CALL_TIMEOUT_SECONDS, apt_attempts: int = bounds.APT_ATTEMPTS
+) -> str:
     """prepare.sh: packages, swap off, kernel modules, sysctls and the kubelet's resolv.conf link."""
     return render(
         "worker/prepare.sh",
@@ -210,7 +212,7 @@ def render_prepare_script(spec: NodeSpec) -> str:
         modules=" ".join(KERNEL_MODULES),
         sysctls=" ".join(f"{key}={value}" for key, value in SYSCTLS),
         resolv_conf=RESOLV_CONF,
-        **bounds.apt_values(),
+        **bounds.apt_values(timeout=apt_timeout, attempts=apt_attempts),
     )
 
 

@@ -384,6 +384,29 @@ def test_a_worker_whose_kubectl_never_returns_fails_the_ready_step(tmp_path: Pat
     )
 
 
+def test_an_apt_get_that_never_returns_fails_the_prepare_step(tmp_path: Path) -> None:
+    """prepare.sh when apt-get hangs (a silent mirror): each call is cut, tried again, then the step fails."""
+    env = _stubs(
+        tmp_path,
+        {
+            "sudo": 'while [[ "$1" == *=* ]]; do shift; done\nexec "$@"',
+            "apt-get": f'echo "$*" >>"{tmp_path}/apt.log"\nexec {SLEEP} 600',
+            "dpkg-query": "exit 1",
+            "sleep": "true",
+        },
+    )
+    script = worker.render_prepare_script(CONFIG.workers[0], apt_timeout=1, apt_attempts=2)
+    result, elapsed = _timed(["bash", "-c", script], env)
+    assert result.returncode == 1
+    assert elapsed < 15, elapsed
+    assert result.stderr.splitlines() == [
+        "kthw: worker-0: worker prepare: apt-get update failed or took over 1s (attempt 1 of 2)",
+        "kthw: worker-0: worker prepare: apt-get update failed or took over 1s (attempt 2 of 2)",
+        "kthw: worker-0: worker prepare: apt-get update failed",
+    ]
+    assert (tmp_path / "apt.log").read_text().splitlines() == ["-o DPkg::Lock::Timeout=1 -q -y update"] * 2
+
+
 def test_a_cloud_init_that_never_finishes_fails_the_ssh_gate(tmp_path: Path) -> None:
     env = _stubs(tmp_path, {"sudo": 'exec "$@"', "cloud-init": "exec sleep 600"})
     result, elapsed = _timed(["bash", "-c", node.ssh_ready_script("worker-2", cloud_init_timeout=1)], env)
