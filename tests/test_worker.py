@@ -6,7 +6,6 @@ import base64
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -17,9 +16,10 @@ import yaml
 from pulumi_command import remote as command_remote
 
 from components import config as config_module
-from components import remote, worker
+from components import remote, versions, worker
 from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
+from tests import upstream
 from tests.harness import Recording, bundle, run_components
 from tests.tools import directives, shellcheck, verify_unit
 
@@ -164,21 +164,16 @@ def test_containerd_config() -> None:
 
 
 def test_containerd_reads_the_config(tmp_path: Path) -> None:
-    binary = shutil.which("containerd")
-    if binary is None:
-        pytest.skip("no containerd binary here (apt-get install -y containerd gives one)")
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
-    match = re.search(r"\s(\d+)\.(\d+)\.\d+", version)
-    assert match, version
+    """The pinned containerd, built from source, loads the rendered version-3 config as it is."""
+    binary = upstream.require("containerd") / "containerd"
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout
+    assert f" v{versions.CONTAINERD} " in version + " ", version
     path = tmp_path / "config.toml"
     path.write_text(worker.render_containerd_config())
-    dump = subprocess.run([binary, "--config", str(path), "config", "dump"], capture_output=True, text=True, timeout=30)
+    dump = subprocess.run(
+        [str(binary), "--config", str(path), "config", "dump"], capture_output=True, text=True, timeout=30
+    )
     assert dump.returncode == 0, dump.stderr
-    if int(match.group(1)) < 2:
-        pytest.skip(
-            f"containerd {match.group(0).strip()} loads the file but knows only config version 2: it "
-            "ignores the version-3 plugin IDs, so its dump cannot confirm them"
-        )
     dumped = tomllib.loads(dump.stdout)
     runtime = dumped["plugins"]["io.containerd.cri.v1.runtime"]
     assert runtime["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
