@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 import yaml
 
-from components import remote, versions
+from components import bounds, remote, versions
 from components.config import ClusterConfig
 from components.control_plane import AUDIT_LOG
 from components.kubeconfig import ENCRYPTION_KEY_NAME
@@ -23,8 +23,6 @@ CLUSTER_DOMAIN = "cluster.local"
 DNS_LABELS = {"k8s-app": "kube-dns"}
 # What kubeadm 1.36 installs (its CoreDNSVersion constant); the Corefile below is 1.14's stock one.
 COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.14.2"
-# How long CoreDNS may take to pull and pass its readiness probe once workers are Ready.
-DNS_ROLLOUT_TIMEOUT = "300s"
 
 # The API server reaches kubelets as user "kubernetes" (the CN of its certificate, KTHW ch. 4).
 APISERVER_KUBELET_USER = "kubernetes"
@@ -309,11 +307,28 @@ def render_smoke_manifests() -> str:
 
 def apply_script(node: str, step: str, rollout: str = "") -> str:
     """Apply the manifest on stdin as admin on a controller; wait for `namespace/deployment` if given."""
-    return render("addons/apply.sh", node=node, step=step, rollout=rollout, timeout=DNS_ROLLOUT_TIMEOUT)
+    return render(
+        "addons/apply.sh",
+        node=node,
+        step=step,
+        rollout=rollout,
+        apply_seconds=bounds.APPLY_RETRY_SECONDS,
+        rollout_seconds=bounds.DNS_ROLLOUT_SECONDS,
+        kubectl_timeout=bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
+    )
 
 
-def smoke_test_script(config: ClusterConfig, node: str) -> str:
-    """KTHW ch. 13's checks from a controller; the smoke manifests go on its stdin."""
+def smoke_test_script(
+    config: ClusterConfig,
+    node: str,
+    *,
+    check_seconds: int = bounds.SMOKE_CHECK_SECONDS,
+    kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
+) -> str:
+    """KTHW ch. 13's checks from a controller; the smoke manifests go on its stdin.
+
+    Each check waits at most `check_seconds`; tests render short bounds.
+    """
     return render(
         "addons/smoke-test.sh",
         node=node,
@@ -327,12 +342,23 @@ def smoke_test_script(config: ClusterConfig, node: str) -> str:
         # Empty turns a check off: no audit log to look in, no metrics API to ask.
         audit_log=AUDIT_LOG if config.audit_enabled else "",
         metrics="true" if config.metrics_server else "",
+        check_seconds=check_seconds,
+        kubectl_timeout=kubectl_timeout,
+        etcdctl_timeout=bounds.ETCDCTL_TIMEOUT_SECONDS,
     )
 
 
-def public_probe_script(config: ClusterConfig, node: str) -> str:
+def public_probe_script(config: ClusterConfig, node: str, *, probe_seconds: int = bounds.PUBLIC_PROBE_SECONDS) -> str:
     """curl the API's /version through the load balancer; the public address goes on stdin."""
-    return render("addons/public-probe.sh", node=node, kubernetes_version=config.versions.kubernetes, port=API_PORT)
+    return render(
+        "addons/public-probe.sh",
+        node=node,
+        kubernetes_version=config.versions.kubernetes,
+        port=API_PORT,
+        probe_seconds=probe_seconds,
+        curl_connect_timeout=bounds.PROBE_CURL.connect_timeout,
+        curl_max_time=bounds.PROBE_CURL.max_time,
+    )
 
 
 # --- components ----------------------------------------------------------------------------------

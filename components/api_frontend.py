@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_gcp import compute
 
-from components import remote
+from components import bounds, remote
 from components.config import ClusterConfig
 from components.network import API_PORT
 from components.render import render
@@ -45,7 +45,7 @@ def render_healthz_site(
 
 def install_nginx_script(node: str) -> str:
     """The script that installs nginx on a controller, once."""
-    return render("api-frontend/install-nginx.sh", node=node)
+    return render("api-frontend/install-nginx.sh", node=node, **bounds.apt_values())
 
 
 def target_pool_instances(config: ClusterConfig) -> list[str]:

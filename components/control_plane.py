@@ -8,7 +8,7 @@ from typing import Any
 
 import pulumi
 
-from components import artifacts, remote
+from components import artifacts, bounds, remote
 from components.config import AUDIT_OFF, ClusterConfig, NodeSpec
 from components.kubeconfig import ADMIN_USER, CONTROLLER_MANAGER_USER, SCHEDULER_USER, kubeconfig_output
 from components.pki import CertPair, Pki
@@ -45,8 +45,6 @@ API_PORT = 6443
 LOCAL_SERVER = f"https://127.0.0.1:{API_PORT}"
 UNITS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 ARTIFACTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-# How long the health check waits for the API server to answer /healthz and /readyz.
-HEALTH_TIMEOUT_SECONDS = 300
 
 
 # --- pure renderers: config in, file content out (tests call these directly) --------------------
@@ -201,15 +199,27 @@ def render_scheduler_config() -> str:
     return to_yaml(scheduler_config())
 
 
-def render_health_script(spec: NodeSpec) -> str:
-    """healthy.sh: wait for the three services and for the local API server's /healthz and /readyz."""
+def render_health_script(
+    spec: NodeSpec,
+    *,
+    timeout_seconds: int = bounds.CONTROL_PLANE_HEALTH_SECONDS,
+    kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
+    kubectl: str = KUBECTL,
+    kubeconfig: str = ADMIN_KUBECONFIG,
+) -> str:
+    """healthy.sh: wait for the three services and for the local API server's /healthz and /readyz.
+
+    The keywords exist for tests, which run the script with short bounds against a real kubectl.
+    """
     return render(
         "control-plane/healthy.sh",
         node=_controller(spec).name,
         units=" ".join(UNITS),
-        kubectl=KUBECTL,
-        kubeconfig=ADMIN_KUBECONFIG,
-        timeout_seconds=HEALTH_TIMEOUT_SECONDS,
+        kubectl=kubectl,
+        kubeconfig=kubeconfig,
+        timeout_seconds=timeout_seconds,
+        kubectl_timeout=kubectl_timeout,
+        systemctl_timeout=bounds.SYSTEMCTL_TIMEOUT_SECONDS,
     )
 
 

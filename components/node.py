@@ -8,7 +8,7 @@ import pulumi
 from pulumi_command import remote as command_remote
 from pulumi_gcp import compute
 
-from components import remote
+from components import bounds, remote
 from components.config import ClusterConfig, NodeSpec
 from components.render import render
 
@@ -18,7 +18,12 @@ BOOT_DISK_GB = 20
 # the guest agent's logging and monitoring need.
 SCOPES = ("logging-write", "monitoring")
 # How long a VM may take from creation to accepting SSH and finishing cloud-init.
-SSH_READY_TIMEOUT = "15m"
+SSH_READY_TIMEOUT = bounds.duration(bounds.SSH_READY_TIMEOUT_SECONDS)
+
+
+def ssh_ready_script(node: str, cloud_init_timeout: int = bounds.CLOUD_INIT_TIMEOUT_SECONDS) -> str:
+    """The gate's script: sshd accepts the key, and cloud-init finishes within its bound."""
+    return render("node/ssh-ready.sh", node=node, cloud_init_timeout=cloud_init_timeout)
 
 
 @dataclass(frozen=True)
@@ -76,14 +81,15 @@ class Node(pulumi.ComponentResource):
         self.ssh_ready = command_remote.Command(
             f"{name}-ssh-ready",
             connection=connection,
-            create=render("node/ssh-ready.sh", node=spec.name),
+            create=ssh_ready_script(spec.name),
             add_previous_output_in_env=False,
             # A replaced VM answers on a new address with an empty disk: the gate, and with it
             # every step that names it in replace_with, runs again.
             triggers=[self.instance.instance_id],
             opts=pulumi.ResourceOptions(
                 parent=self,
-                custom_timeouts=pulumi.CustomTimeouts(create=SSH_READY_TIMEOUT),
+                # A changed script (or a replaced VM) runs the gate again: bound that run too.
+                custom_timeouts=pulumi.CustomTimeouts(create=SSH_READY_TIMEOUT, update=SSH_READY_TIMEOUT),
             ),
         )
         self.host = remote.Host(name=spec.name, connection=connection, ready=self.ssh_ready)

@@ -342,7 +342,8 @@ def run_smoke(tmp_path: Path, knobs: dict[str, str] | None = None, **env: str) -
         },
     )
     script = tmp_path / "smoke.sh"
-    script.write_text(addons.smoke_test_script(cfg, "controller-0"))
+    # Short bounds: the fake sleep returns at once, so a check that never passes spins until its deadline.
+    script.write_text(addons.smoke_test_script(cfg, "controller-0", check_seconds=1, kubectl_timeout=5))
     return subprocess.run(
         ["bash", str(script)],
         input=addons.render_smoke_manifests(),

@@ -21,7 +21,6 @@ from components import etcd, remote
 from components.config import ClusterConfig
 from components.kubeconfig import encryption_config_output
 from components.pki import Pki, PkiArgs
-from components.render import render
 from tests.harness import Recording, bundle, run_components
 from tests.tools import directives, shellcheck, verify_unit
 
@@ -233,13 +232,8 @@ def _run_health(tmp_path: Path, kubectl_answer: str, timeout: int) -> subprocess
     for stub, body in stubs.items():
         (bin_dir / stub).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / stub).chmod(0o755)
-    script = render(
-        "control-plane/healthy.sh",
-        node="controller-2",
-        units=" ".join(cp.UNITS),
-        kubectl=str(bin_dir / "kubectl"),
-        kubeconfig="/var/lib/kubernetes/admin.kubeconfig",
-        timeout_seconds=timeout,
+    script = cp.render_health_script(
+        CONTROLLERS[2], timeout_seconds=timeout, kubectl_timeout=10, kubectl=str(bin_dir / "kubectl")
     )
     path = tmp_path / "healthy.sh"
     path.write_text(script)

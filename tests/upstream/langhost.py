@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -138,7 +140,9 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
             "PULUMI_CONFIG": json.dumps(dict(request.config)),
             "PULUMI_CONFIG_SECRET_KEYS": json.dumps(list(request.configSecretKeys)),
         }
-        code = subprocess.run(args, env=env, cwd=request.pwd or None).returncode
+        # Its own session: the engine interrupts its plugins' process group when it is done, and the
+        # program must end on its own (its resource monitor goes away), not from our signal.
+        code = subprocess.run(args, env=env, cwd=request.pwd or None, start_new_session=True).returncode
         if code == 0:
             return language_pb2.RunResponse()
         if code == _SHOWN_TO_USER:
@@ -161,10 +165,12 @@ def main(argv: list[str]) -> int:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
-    try:
-        server.wait_for_termination()
-    except KeyboardInterrupt:  # the engine stops its plugins with SIGINT: not an error, and no traceback
-        server.stop(grace=None)
+    # The engine stops its plugins with SIGINT or SIGTERM: end quietly, as a plugin should.
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    stopped.wait()
+    server.stop(grace=1)
     return 0
 
 
