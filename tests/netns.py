@@ -82,9 +82,13 @@ class Lab:
 
     def __post_init__(self) -> None:
         _ip("netns", "add", self.name)
-        _ip("-n", self.name, "link", "set", "lo", "up")
-        _ip("-n", self.name, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.name, "link", "set", "br0", "up")
+        try:
+            _ip("-n", self.name, "link", "set", "lo", "up")
+            _ip("-n", self.name, "link", "add", "br0", "type", "bridge")
+            _ip("-n", self.name, "link", "set", "br0", "up")
+        except RuntimeError:
+            self.close()
+            raise
 
     def add_bridge_address(self, cidr: str) -> None:
         """An address for the outer namespace itself on the bridge: the operator's workstation."""
