@@ -61,10 +61,10 @@ class Process:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def describe(self) -> str:
+    def describe(self, lines: int = 25) -> str:
         """Its state and its log's tail, for assertion messages."""
         state = "running" if self.alive() else f"exited with {self.popen.returncode}"
-        return f"{self.name} ({state}); log {self.log}:\n{self.tail()}"
+        return f"{self.name} ({state}); log {self.log}:\n{self.tail(lines)}"
 
     def kill(self) -> None:
         if self.alive():

@@ -185,7 +185,7 @@ class Plane:
 
     def dead(self) -> str:
         """Every control-plane process that has exited, with its log tail: context for any failure."""
-        gone = [p.describe() for (node, _), p in self.processes.items() if node in CONTROLLERS and not p.alive()]
+        gone = [p.describe(5) for (node, _), p in self.processes.items() if node in CONTROLLERS and not p.alive()]
         return "\n\n".join(gone) or "every control-plane process is running"
 
     def start(self, node: str, service: str, unit: str, bin_dir: Path) -> Process:
@@ -221,9 +221,12 @@ def _ok(result: subprocess.CompletedProcess[bytes]) -> bool:
 
 
 def _report(request: pytest.FixtureRequest, line: str) -> None:
+    """A line on the terminal even while pytest captures output: the tier's timings."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
 
 
 @pytest.fixture(scope="module")
@@ -418,7 +421,7 @@ def test_secret_is_encrypted_in_etcd(plane: Plane) -> None:
         etcdctl(plane, "controller-2", "get", "/registry/secrets/default/kthw-real", "--print-value-only"),
     )
     assert stored.returncode == 0, _text(stored)
-    assert stored.stdout.startswith(ENCRYPTION_PREFIX.encode()), stored.stdout[:80]
+    assert stored.stdout.startswith(ENCRYPTION_PREFIX.encode()), f"stored as {stored.stdout[:40]!r}..."
     assert b"plain-value" not in stored.stdout
 
 
