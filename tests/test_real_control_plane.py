@@ -331,6 +331,16 @@ def _text(result: subprocess.CompletedProcess[bytes]) -> str:
     return (result.stdout + result.stderr).decode(errors="replace")
 
 
+# What a binary says about a flag or config field it does not know; the kubelet only warns about an
+# unknown field ("Using lenient decoding as strict decoding failed"), so a typo would go unnoticed.
+REFUSALS = ("unknown flag", "flag provided but not defined", "strict decoding error", "unknown field")
+
+
+def _refusals(process: Process) -> list[str]:
+    log = process.log.read_text(errors="replace")
+    return [line for line in log.splitlines() if any(r in line for r in REFUSALS)]
+
+
 # --- every binary takes its flags and files -------------------------------------------------------
 
 
@@ -339,9 +349,7 @@ def _text(result: subprocess.CompletedProcess[bytes]) -> str:
 def test_every_service_accepts_its_flags_and_files(plane: Plane, node: str, service: str) -> None:
     process = plane.processes[(node, service)]
     assert process.alive(), process.describe()
-    log = process.log.read_text(errors="replace")
-    for refusal in ("unknown flag", "flag provided but not defined", "strict decoding error", "unknown field"):
-        assert refusal not in log, process.describe()
+    assert not _refusals(process), process.describe()
 
 
 def test_startup_is_time_boxed(plane: Plane) -> None:
@@ -554,6 +562,7 @@ def _run_until_exit(plane: Plane, service: str, ready: re.Pattern[str] | None = 
 def test_kubelet_accepts_its_flags_and_config(plane: Plane) -> None:
     process = _run_until_exit(plane, "kubelet")
     log = process.log.read_text(errors="replace")
+    assert not _refusals(process), _refusals(process)
     expected = KUBELET_CGROUP_V1.search(log) or KUBELET_NO_RUNTIME.search(log)
     assert not process.alive() and expected, f"kubelet did not stop for an expected reason:\n{process.describe()}"
 
@@ -564,6 +573,7 @@ def test_kube_proxy_accepts_its_config_and_finds_its_node(
     assert worker_node.returncode == 0, _text(worker_node)
     process = _run_until_exit(plane, "kube-proxy")
     log = process.log.read_text(errors="replace")
+    assert not _refusals(process), _refusals(process)
     # Through its rendered kubeconfig (public address) it read its Node: config, identity and API all worked.
     assert re.search(rf'Successfully retrieved NodeIPs.*NodeIPs=\["{WORKER_IP}"\]', log), process.describe()
     assert not process.alive() and KUBE_PROXY_SYSCTLS.search(log), process.describe()
