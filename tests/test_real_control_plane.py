@@ -40,7 +40,7 @@ from cryptography.x509.oid import NameOID
 
 from components import artifacts, versions
 from components.addons import ENCRYPTION_PREFIX
-from tests import harness, upstream
+from tests import harness, netns, upstream
 from tests.netns import Lab, Process, require_ip
 from tests.tools import directives
 
@@ -153,6 +153,16 @@ def test_unit_command_is_the_exec_start_with_paths_moved() -> None:
         "controller-0",
         "--data-dir=/r/var/lib/etcd",
     ]
+
+
+def test_a_missing_ip_tool_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netns.shutil, "which", lambda _name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="iproute2"):
+        require_ip()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="iproute2"):
+        require_ip()
 
 
 # --- the running control plane ---------------------------------------------------------------------
