@@ -362,6 +362,14 @@ def test_every_service_accepts_its_flags_and_files(plane: Plane, node: str, serv
     assert not _refusals(process), process.describe()
 
 
+@pytest.mark.parametrize("service", ["kube-controller-manager", "kube-scheduler"])
+def test_secure_ports_delegate_authentication_and_authorization(plane: Plane, service: str) -> None:
+    """Without --authentication-kubeconfig and --authorization-kubeconfig they serve, but cannot check callers."""
+    for node in CONTROLLERS:
+        log = plane.processes[(node, service)].log.read_text(errors="replace")
+        assert not re.findall(r"No authenticat\w+-kubeconfig provided.*|No authoriz\w+-kubeconfig provided.*", log)
+
+
 def test_startup_is_time_boxed(plane: Plane) -> None:
     assert not plane.unready, f"{plane.unready}\n{plane.dead()}"
     assert 0 < plane.startup_seconds < STARTUP_TIMEOUT
