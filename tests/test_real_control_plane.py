@@ -415,6 +415,16 @@ def test_admin_kubeconfig_reports_the_version(plane: Plane) -> None:
     assert json.loads(result.stdout)["gitVersion"] == f"v{versions.KUBERNETES}"
 
 
+def test_service_range_is_the_configured_one(plane: Plane) -> None:
+    """Every API server got --service-cluster-ip-range from config: the default ServiceCIDR and the service IP."""
+    cidr = plane.kubectl("controller-0", plane.admin(), "get", "servicecidr", "kubernetes", "-o", "json")
+    assert cidr.returncode == 0, _text(cidr) + plane.dead()
+    assert json.loads(cidr.stdout)["spec"]["cidrs"] == ["10.32.0.0/24"]
+    service = plane.kubectl("controller-0", plane.admin(), "get", "service", "kubernetes", "-o", "json")
+    assert service.returncode == 0, _text(service)
+    assert json.loads(service.stdout)["spec"]["clusterIP"] == "10.32.0.1"
+
+
 def test_stack_admin_kubeconfig_works_through_the_public_address(plane: Plane) -> None:
     """The exported admin_kubeconfig, as a user gets it: server = the public address, in the serving cert."""
     kubeconfig = plane.work / "stack-admin.kubeconfig"
