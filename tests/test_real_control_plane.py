@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -605,3 +606,62 @@ def test_kube_proxy_accepts_its_config_and_finds_its_node(
     # Through its rendered kubeconfig (public address) it read its Node: config, identity and API all worked.
     assert re.search(rf'Successfully retrieved NodeIPs.*NodeIPs=\["{WORKER_IP}"\]', log), process.describe()
     assert not process.alive() and KUBE_PROXY_SYSCTLS.search(log), process.describe()
+
+
+# --- day-one features: audit, aggregation, metrics-server -----------------------------------------
+
+
+def test_audit_log_records_requests_without_secret_bodies(plane: Plane) -> None:
+    """The rendered policy loads and records: a secret's creation at Metadata, never its data."""
+    created = plane.kubectl(
+        "controller-0", plane.admin(), "create", "secret", "generic", "kthw-audited", "--from-literal=key=audit-value"
+    )
+    assert created.returncode == 0, _text(created) + plane.dead()
+    log = plane.roots["controller-0"] / "var/log/audit.log"
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not events:
+        lines = log.read_text().splitlines() if log.exists() else []
+        events = [e for e in map(json.loads, lines) if e.get("objectRef", {}).get("name") == "kthw-audited"]
+        time.sleep(0.5)
+    assert events, f"no audit event for secret kthw-audited in {log}"
+    create = [e for e in events if e["verb"] == "create"]
+    assert create and all(e["level"] == "Metadata" for e in create), create
+    assert "audit-value" not in log.read_text()
+    assert all("requestObject" not in e for e in events)
+
+
+def test_front_proxy_is_published_for_aggregated_apis(plane: Plane) -> None:
+    """The API server publishes the request-header CA and allowed names that aggregated APIs trust."""
+    result = plane.kubectl(
+        "controller-0",
+        plane.admin(),
+        "-n",
+        "kube-system",
+        "get",
+        "configmap",
+        "extension-apiserver-authentication",
+        "-o",
+        "json",
+    )
+    assert result.returncode == 0, _text(result) + plane.dead()
+    data = json.loads(result.stdout)["data"]
+    assert json.loads(data["requestheader-allowed-names"]) == ["front-proxy-client"]
+    assert json.loads(data["requestheader-username-headers"]) == ["X-Remote-User"]
+    front_proxy_ca = (plane.roots["controller-0"] / "var/lib/kubernetes/front-proxy-ca.pem").read_text()
+    cluster_ca = (plane.roots["controller-0"] / "var/lib/kubernetes/ca.pem").read_text()
+    assert data["requestheader-client-ca-file"].strip() == front_proxy_ca.strip()
+    assert data["client-ca-file"].strip() == cluster_ca.strip()
+
+
+def test_metrics_server_manifests_are_accepted_server_side(plane: Plane) -> None:
+    """The add-on's Secret, RBAC, Deployment and APIService, validated by the real API server."""
+    step = plane.rec.by_name("kthw-addons-metrics-server")
+    manifest = str(step.inputs["stdin"])
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(manifest) if doc}
+    assert {"Deployment", "APIService", "Secret"} <= kinds, kinds
+    result = plane.kubectl(
+        "controller-0", plane.admin(), "apply", "--server-side", "--dry-run=server", "-f", "-", stdin=manifest
+    )
+    assert result.returncode == 0, _text(result) + plane.dead()
+    assert "apiservice.apiregistration.k8s.io/v1beta1.metrics.k8s.io serverside-applied" in result.stdout.decode()
