@@ -178,9 +178,12 @@ def render_controller_manager_unit(config: ClusterConfig) -> str:
 
 
 def render_scheduler_unit(config: ClusterConfig) -> str:
-    """kube-scheduler.service: everything but its config file's path lives in that file."""
+    """kube-scheduler.service: its config file, and the kubeconfig that checks callers of its secure port."""
     return render(
-        "control-plane/kube-scheduler.service", version=config.versions.kubernetes, config_file=SCHEDULER_CONFIG
+        "control-plane/kube-scheduler.service",
+        version=config.versions.kubernetes,
+        config_file=SCHEDULER_CONFIG,
+        kubeconfig=SCHEDULER_KUBECONFIG,
     )
 
 

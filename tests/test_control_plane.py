@@ -159,9 +159,16 @@ def test_controller_manager_unit() -> None:
 def test_scheduler_unit_and_config() -> None:
     unit = cp.render_scheduler_unit(CONFIG)
     assert unit.startswith("# kthw: kube-scheduler 1.36.4\n")
+    kubeconfig = "/var/lib/kubernetes/kube-scheduler.kubeconfig"
     assert flag_dict(unit) == (
         "/usr/local/bin/kube-scheduler",
-        {"config": "/etc/kubernetes/config/kube-scheduler.yaml", "v": "2"},
+        {
+            "config": "/etc/kubernetes/config/kube-scheduler.yaml",
+            # Flags only: KubeSchedulerConfiguration has no field for them.
+            "authentication-kubeconfig": kubeconfig,
+            "authorization-kubeconfig": kubeconfig,
+            "v": "2",
+        },
     )
     assert yaml.safe_load(cp.render_scheduler_config()) == {
         "apiVersion": "kubescheduler.config.k8s.io/v1",

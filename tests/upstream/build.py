@@ -183,7 +183,11 @@ def recipes() -> list[Recipe]:
 
 
 def _go_version() -> str:
-    return subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
+    """Part of every recipe's key: a new Go rebuilds. Without Go nothing matches, so nothing counts as built."""
+    try:
+        return subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "no-go-toolchain"
 
 
 def _go(args: list[str], cwd: Path, env: dict[str, str]) -> None:
