@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -20,22 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from tests.tools import find_tool, skip_or_fail
 
 
 def require_ip() -> str:
     """The `ip` tool and root, which namespaces need: a test without them skips, and fails under CI=true."""
-    ip = shutil.which("ip")
-    problem = None
+    ip = find_tool("ip")
     if ip is None:
-        problem = "the ip tool (iproute2) is not installed"
-    elif os.geteuid() != 0:
-        problem = "network namespaces need root"
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
-    assert ip is not None
+        skip_or_fail("the ip tool (iproute2) is not installed")
+    if os.geteuid() != 0:
+        skip_or_fail("network namespaces need root")
     return ip
 
 

@@ -157,7 +157,7 @@ def test_unit_command_is_the_exec_start_with_paths_moved() -> None:
 
 
 def test_a_missing_ip_tool_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(netns.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(netns, "find_tool", lambda _name: None)
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="iproute2"):
         require_ip()
