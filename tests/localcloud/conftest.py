@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -16,7 +17,7 @@ import pytest
 from tests.localcloud import image as image_module
 from tests.localcloud.image import Image
 from tests.localcloud.net import Namespace
-from tests.localcloud.vm import Accel, choose_accel
+from tests.localcloud.vm import Accel, choose_accel, scratch_dir
 
 # Debian packages that provide each tool (.ci/run installs them).
 TOOLS = {
@@ -68,7 +69,7 @@ def base_image(prerequisites: None, figures: dict[str, object]) -> Image:
     start = time.monotonic()
     built = image_module.build()
     figures["image_seconds"] = round(time.monotonic() - start, 1)
-    figures["image_disk_mib"] = round(sum(p.stat().st_blocks * 512 for p in built.directory.iterdir()) / 2**20)
+    figures["image_disk_mib"] = round(built.disk_bytes() / 2**20)
     return built
 
 
@@ -108,5 +109,6 @@ def deadline() -> Iterator[float]:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    return tmp_path
+def workdir(request: pytest.FixtureRequest) -> Path:
+    """This test's scratch directory under the cache (overlays are large; consoles kept for a post-mortem)."""
+    return scratch_dir(re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name))

@@ -229,6 +229,12 @@ class VM:
         )
         return self
 
+    def cpu_seconds(self) -> float:
+        """CPU time qemu has used so far: boot cost independent of how loaded the host is."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         """Kill this VM's qemu (its own process group, nothing else) and drop its overlay."""
         if self.process is not None and self.process.poll() is None:
