@@ -109,6 +109,9 @@ def deadline() -> Iterator[float]:
 
 
 @pytest.fixture
-def workdir(request: pytest.FixtureRequest) -> Path:
-    """This test's scratch directory under the cache (overlays are large; consoles kept for a post-mortem)."""
-    return scratch_dir(re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name))
+def workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """This test's scratch directory under the cache: consoles kept for a post-mortem, overlays dropped."""
+    path = scratch_dir(re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name))
+    yield path
+    for overlay in path.rglob("*.qcow2"):
+        overlay.unlink()

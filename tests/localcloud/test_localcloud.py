@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,19 @@ def test_namespace_has_no_way_out(namespace: Namespace) -> None:
     assert sorted(r.split()[0] for r in routes) == ["10.240.0.0/24", "203.0.113.0/24"], routes
     links = {line.split(":")[1].strip().split("@")[0] for line in namespace.exec_ip("-o", "link").splitlines()}
     assert links == {"lo", "kthw-br0"}, links
+
+
+def test_namespace_teardown_stops_a_vm_nobody_stopped(
+    base_image: Image, accel: Accel, workdir: Path, deadline: float
+) -> None:
+    """A test that dies mid-boot still leaves no qemu and no namespace behind."""
+    namespace = Namespace(name=f"kthw-lc-teardown-{os.getpid()}").create()
+    try:
+        vm = VM(Instance("worker-9", "10.240.0.29", "203.0.113.29", ""), base_image, accel, namespace, workdir / "vm")
+        vm.start()
+        assert vm.process is not None
+        assert vm.process.pid in namespace.pids()
+    finally:
+        namespace.destroy()
+    assert vm.process.wait(timeout=30) is not None
+    assert namespace.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
