@@ -25,6 +25,8 @@ TOOLS = {
     "qemu-img": "qemu-utils",
     "debootstrap": "debootstrap",
     "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "nsenter": "util-linux",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "ip": "iproute2",

@@ -37,6 +37,7 @@ PACKAGES = (
     "procps",
     "nginx",
 )
+DEBOOTSTRAP_OPTIONS = ("--variant=minbase", "--merged-usr")
 GUEST = Path(__file__).parent / "guest"
 # Sparse: the file holds only what is written; room for the program's binaries and images.
 IMAGE_SIZE = "6G"
@@ -114,8 +115,8 @@ class Image:
 
 
 def rootfs_key(mirror: str) -> str:
-    """What debootstrap's result depends on: suite, variant, package list and mirror."""
-    return _digest(SUITE, "minbase", ",".join(PACKAGES), mirror)
+    """What debootstrap's result depends on: suite, options, package list and mirror."""
+    return _digest(SUITE, *DEBOOTSTRAP_OPTIONS, ",".join(PACKAGES), mirror)
 
 
 def image_key(mirror: str) -> str:
@@ -147,8 +148,7 @@ def _rootfs(mirror: str, cache: Path) -> Path:
     _run(
         [
             "debootstrap",
-            "--variant=minbase",
-            "--merged-usr",
+            *DEBOOTSTRAP_OPTIONS,
             f"--include={','.join(PACKAGES)}",
             SUITE,
             str(partial),
@@ -259,8 +259,13 @@ def build(cache: Path | None = None, mirror: str | None = None) -> Image:
 def _prune(cache: Path, keep: set[str]) -> None:
     """Drop images and rootfs trees of older inputs: only the current ones are ever booted."""
     for path in cache.iterdir():
-        if path.name.startswith(("image-", "rootfs-")) and path.name not in keep and path.is_dir():
+        stem = path.name.removesuffix(".log")
+        if not path.name.startswith(("image-", "rootfs-")) or stem in keep:
+            continue
+        if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def main() -> None:
