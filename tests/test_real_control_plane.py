@@ -323,18 +323,13 @@ def etcdctl(plane: Plane, node: str, *args: str) -> list[str]:
 LEASES = ("kube-controller-manager", "kube-scheduler")
 
 
+def get_system(plane: Plane, kind: str, name: str, output: str) -> subprocess.CompletedProcess[bytes]:
+    """`kubectl -n kube-system get KIND NAME -o OUTPUT` as the admin on controller-0."""
+    return plane.kubectl("controller-0", plane.admin(), "-n", "kube-system", "get", kind, name, "-o", output)
+
+
 def lease_holder(plane: Plane, name: str) -> str:
-    result = plane.kubectl(
-        "controller-0",
-        plane.admin(),
-        "-n",
-        "kube-system",
-        "get",
-        "lease",
-        name,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    )
+    result = get_system(plane, "lease", name, "jsonpath={.spec.holderIdentity}")
     return result.stdout.decode().strip() if result.returncode == 0 else ""
 
 
@@ -633,17 +628,7 @@ def test_audit_log_records_requests_without_secret_bodies(plane: Plane) -> None:
 
 def test_front_proxy_is_published_for_aggregated_apis(plane: Plane) -> None:
     """The API server publishes the request-header CA and allowed names that aggregated APIs trust."""
-    result = plane.kubectl(
-        "controller-0",
-        plane.admin(),
-        "-n",
-        "kube-system",
-        "get",
-        "configmap",
-        "extension-apiserver-authentication",
-        "-o",
-        "json",
-    )
+    result = get_system(plane, "configmap", "extension-apiserver-authentication", "json")
     assert result.returncode == 0, _text(result) + plane.dead()
     data = json.loads(result.stdout)["data"]
     assert json.loads(data["requestheader-allowed-names"]) == ["front-proxy-client"]

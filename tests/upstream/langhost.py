@@ -82,22 +82,18 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
         )
         return list(json.loads(out.stdout))
 
-    def GetRequiredPackages(self, request: Any, context: Any) -> Any:  # noqa: N802
-        packages = [
-            plugin_pb2.PackageDependency(
-                name=p["name"], kind="resource", version=p.get("version", ""), server=p.get("server", "")
-            )
-            for p in self._plugins(request.info)
+    def _dependencies(self, info: language_pb2.ProgramInfo, message: Any) -> list[Any]:
+        return [
+            message(name=p["name"], kind="resource", version=p.get("version", ""), server=p.get("server", ""))
+            for p in self._plugins(info)
         ]
+
+    def GetRequiredPackages(self, request: Any, context: Any) -> Any:  # noqa: N802
+        packages = self._dependencies(request.info, plugin_pb2.PackageDependency)
         return language_pb2.GetRequiredPackagesResponse(packages=packages)
 
     def GetRequiredPlugins(self, request: Any, context: Any) -> Any:  # noqa: N802
-        plugins = [
-            plugin_pb2.PluginDependency(
-                name=p["name"], kind="resource", version=p.get("version", ""), server=p.get("server", "")
-            )
-            for p in self._plugins(request.info)
-        ]
+        plugins = self._dependencies(request.info, plugin_pb2.PluginDependency)
         return language_pb2.GetRequiredPluginsResponse(plugins=plugins)
 
     def GetProgramDependencies(self, request: Any, context: Any) -> Any:  # noqa: N802
