@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from tests.engine.providers import command, gcp
 
@@ -29,12 +30,12 @@ class Installed:
     gcp_state: Path  # the local cloud's resources (gcp.Backend)
     command_record: Path  # what the command stand-in ran, one JSON object per line
 
-    def commands(self) -> list[dict[str, object]]:
+    def commands(self) -> list[dict[str, Any]]:
         if not self.command_record.exists():
             return []
         return [json.loads(line) for line in self.command_record.read_text().splitlines() if line]
 
-    def cloud(self) -> dict[str, object]:
+    def cloud(self) -> dict[str, Any]:
         return gcp.Backend(self.gcp_state).resources()
 
 
