@@ -157,7 +157,11 @@ def from_stack() -> ClusterConfig:
         value = kthw.get(key)
         if value is not None:
             raw[key] = value
-    return load(raw, {f"gcp:{key}": gcp.get(key) for key in GCP_KEYS})
+    try:
+        return load(raw, {f"gcp:{key}": gcp.get(key) for key in GCP_KEYS})
+    except ConfigError as error:
+        # The language host shows a RunError as its one line; any other exception as a traceback.
+        raise pulumi.RunError(str(error)) from None
 
 
 def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:

@@ -161,7 +161,12 @@ def main(argv: list[str]) -> int:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(port, flush=True)
-    server.wait_for_termination()
+    try:
+        server.wait_for_termination()
+    except KeyboardInterrupt:
+        # How the engine stops its plugins when it is done (SIGINT): a normal end, not a traceback
+        # in the user's output.
+        server.stop(0)
     return 0
 
 
