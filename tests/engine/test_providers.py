@@ -18,7 +18,7 @@ from pulumi.provider.experimental.provider import (
 )
 
 from tests.engine.providers import command, gcp, tls
-from tests.engine.providers.base import INPUTS, LocalProvider, plain, wrap
+from tests.engine.providers.base import INPUTS, UNKNOWN, UNKNOWN_WIRE, LocalProvider, plain, wrap
 
 INSTANCE = "gcp:compute/instance:Instance"
 
@@ -147,3 +147,14 @@ def test_command_runs_create_then_update_and_triggers_replace(tmp_path: Path) ->
         ("update", "198.51.100.10", "echo hi"),
     ]
     assert lines[0]["stdin_sha256"] == "3a6eb0790f39ac87c94f3856b2dd2c5d110e6811602261a9a923d3bb23adc8b7"
+
+
+def test_unknowns_cross_the_wire_both_ways() -> None:
+    """The engine sends unknowns as rpc.UNKNOWN; a preview answers with the same, never Computed (unmarshalable)."""
+    provider = LocalProvider(tls.KINDS)
+    request = CreateRequest(
+        urn("tls:index/certRequest:CertRequest", "r"), {"privateKeyPem": PropertyValue(UNKNOWN_WIRE)}, 60, True
+    )
+    response = asyncio.run(provider.create(request))
+    assert plain(response.properties["certRequestPem"]) is UNKNOWN
+    assert PropertyValue.marshal_map(response.properties)["certRequestPem"] == UNKNOWN_WIRE

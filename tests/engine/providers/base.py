@@ -33,8 +33,12 @@ from pulumi.provider.experimental.provider import (
     UpdateResponse,
 )
 from pulumi.provider.experimental.server import main
+from pulumi.runtime import rpc
 
 INPUTS = "__inputs"
+# How the engine and the SDKs spell an unknown value on the wire (pulumi.runtime.rpc.UNKNOWN); the
+# framework's unmarshal passes it through as a plain string.
+UNKNOWN_WIRE = rpc.UNKNOWN
 
 
 class Unknown:
@@ -56,7 +60,7 @@ UNKNOWN = Unknown()
 def plain(value: PropertyValue) -> Any:
     """A PropertyValue as plain Python, secrets unwrapped, unknowns as UNKNOWN."""
     inner = value.value
-    if isinstance(inner, Computed):
+    if isinstance(inner, Computed) or inner == UNKNOWN_WIRE:
         return UNKNOWN
     if isinstance(inner, str | bool | float) or inner is None:
         return inner
@@ -84,7 +88,8 @@ def has_unknown(value: Any) -> bool:
 def wrap(value: Any, secret: bool = False) -> PropertyValue:
     """Plain Python as a PropertyValue (numbers become floats, as on the wire)."""
     if isinstance(value, Unknown):
-        out = PropertyValue.computed()
+        # The SDK (3.272) cannot marshal its own Computed; the wire form of "unknown" is this string.
+        out = PropertyValue(UNKNOWN_WIRE)
     elif isinstance(value, PropertyValue):
         out = value
     elif isinstance(value, bool) or value is None or isinstance(value, str):
