@@ -48,8 +48,14 @@ def sdk_version(name: str) -> str:
     raise LookupError(f"pulumi_{name} ships no pulumi-plugin.json")
 
 
-def install(pulumi_home: Path, state_dir: Path) -> Installed:
-    """Write a launcher per plugin under `pulumi_home`/plugins; state goes to `state_dir`."""
+def install(
+    pulumi_home: Path, state_dir: Path, *, gcp_backend: str | None = None, command_executor: str | None = None
+) -> Installed:
+    """Write a launcher per plugin under `pulumi_home`/plugins; state goes to `state_dir`.
+
+    `gcp_backend` and `command_executor` ("package.module:Class") swap in real VMs and a real SSH
+    executor; by default the cloud is a JSON file and commands are only recorded.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     installed = Installed(state_dir / "gcp.json", state_dir / "commands.jsonl")
     env = {
@@ -57,6 +63,10 @@ def install(pulumi_home: Path, state_dir: Path) -> Installed:
         gcp.STATE_ENV: str(installed.gcp_state),
         command.RECORD_ENV: str(installed.command_record),
     }
+    if gcp_backend:
+        env[gcp.BACKEND_ENV] = gcp_backend
+    if command_executor:
+        env[command.EXECUTOR_ENV] = command_executor
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     for name, module in PLUGINS.items():
         directory = pulumi_home / "plugins" / f"resource-{name}-v{sdk_version(name)}"

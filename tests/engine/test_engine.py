@@ -177,6 +177,28 @@ def test_cert_rotation_replaces_leaves_not_the_authorities(engine: Engine) -> No
     }, steps
 
 
+def test_adding_a_worker_runs_only_its_steps_and_the_smoke_test(engine: Engine) -> None:
+    """Scaling through the real update: nothing already on controller-0 or worker-0 runs again."""
+    before = len(engine.plugins.commands())
+    engine.cli("config", "set", "kthw:workerCount", "2", "--stack", STACK)
+    engine.cli("up", "--yes", "--skip-preview", "--stack", STACK, timeout=UP_TIMEOUT)
+    ran = engine.plugins.commands()[before:]
+    new_ip = engine.outputs()["workers"]["worker-1"]["external_ip"]
+    on_new = [r["resource"] for r in ran if r["host"] == new_ip]
+    elsewhere = sorted(r["resource"] for r in ran if r["host"] != new_ip)
+    assert on_new[0] == "kthw-worker-1-ssh-ready" and len(on_new) > 3, on_new
+    assert all(name.startswith("kthw-worker-1-") for name in on_new), on_new
+    # The smoke test, replaced by its triggers, is all that runs on the existing nodes.
+    assert elsewhere == ["kthw-smoke-test-cluster", "kthw-smoke-test-public"], elsewhere
+    assert sorted(k for k in engine.plugins.cloud() if k.startswith("instance/")) == [
+        "instance/controller-0",
+        "instance/worker-0",
+        "instance/worker-1",
+    ]
+    result = engine.cli("preview", "--expect-no-changes", "--diff", "--stack", STACK, check=False, timeout=UP_TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_destroy_leaves_nothing(engine: Engine) -> None:
     engine.cli("destroy", "--yes", "--skip-preview", "--stack", STACK, timeout=UP_TIMEOUT)
     assert [r["type"] for r in engine.resources()] == []

@@ -158,3 +158,42 @@ def test_unknowns_cross_the_wire_both_ways() -> None:
     response = asyncio.run(provider.create(request))
     assert plain(response.properties["certRequestPem"]) is UNKNOWN
     assert PropertyValue.marshal_map(response.properties)["certRequestPem"] == UNKNOWN_WIRE
+
+
+class EchoExecutor(command.RecordingExecutor):
+    """A stand-in for a later tier's executor: answers with the script."""
+
+    def run(
+        self,
+        resource: str,
+        operation: str,
+        connection: dict[str, Any],
+        script: str,
+        stdin: str | None,
+        env: dict[str, str],
+    ) -> tuple[str, str]:
+        return script, ""
+
+
+class FixedAddressCloud(gcp.Backend):
+    """A stand-in for a VM backend: a cloud whose VMs always come up on one address."""
+
+    def create_instance(self, name: str, zone: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        record = super().create_instance(name, zone, inputs)
+        record["networkInterfaces"][0]["accessConfigs"][0]["natIp"] = "192.0.2.1"
+        return record
+
+
+def test_a_later_tier_plugs_in_its_executor_and_backend(tmp_path: Path) -> None:
+    env = {command.RECORD_ENV: str(tmp_path / "r"), gcp.STATE_ENV: str(tmp_path / "g.json")}
+    assert isinstance(command.executor_from_env(env), command.RecordingExecutor)
+    assert type(gcp.backend_from_env(env)) is gcp.Backend
+    executor = command.executor_from_env({**env, command.EXECUTOR_ENV: f"{__name__}:EchoExecutor"})
+    provider = command.CommandProvider([command.kind(executor)])
+    _, state = create(provider, command.TOKEN, "c", {"connection": {"host": "h"}, "create": "uname"})
+    assert plain(state["stdout"]) == "uname"
+    backend = gcp.backend_from_env({**env, gcp.BACKEND_ENV: f"{__name__}:FixedAddressCloud"})
+    cloud = gcp.provider(backend)
+    asyncio.run(cloud.configure(ConfigureRequest({}, inputs({"project": "p", "zone": "z"}), True, True)))
+    _, vm = create(cloud, INSTANCE, "w", VM)
+    assert plain(vm["networkInterfaces"])[0]["accessConfigs"][0]["natIp"] == "192.0.2.1"

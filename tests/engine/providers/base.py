@@ -10,6 +10,7 @@ exactly, while nested outputs such as an instance's NAT IP may enrich what the p
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -224,6 +225,12 @@ class LocalProvider(Provider):
         outputs = plain_map(request.properties)
         outputs.pop(INPUTS, None)
         kind.delete(request.resource_id, request.name, outputs)
+
+
+def load(spec: str) -> Any:
+    """The object a "package.module:name" spec names: how a later tier swaps in its own backend or executor."""
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def serve(version: str, provider: Provider) -> None:

@@ -22,17 +22,20 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from pulumi.provider.experimental.provider import CheckRequest, CheckResponse
 
-from tests.engine.providers.base import Kind, LocalProvider, serve, wrap
+from tests.engine.providers.base import Kind, LocalProvider, load, serve, wrap
 
 VERSION = "1.2.1"
 TOKEN = "command:remote:Command"
 # Where RecordingExecutor writes: set by the plugin's launcher for the test that installed it.
 RECORD_ENV = "KTHW_ENGINE_COMMAND_RECORD"
+# Optional "package.module:Class", an Executor taking the record path (a real SSH one, later).
+EXECUTOR_ENV = "KTHW_ENGINE_COMMAND_EXECUTOR"
 # The real provider's connection defaults (pulumi-command's remote.Connection).
 CONNECTION_DEFAULTS: dict[str, Any] = {"port": 22.0, "user": "root", "dialErrorLimit": 10.0, "perDialTimeout": 15.0}
 
@@ -138,5 +141,12 @@ class CommandProvider(LocalProvider):
         return CheckResponse(inputs=inputs, failures=response.failures)
 
 
+def executor_from_env(env: Mapping[str, str]) -> Executor:
+    """The executor the plugin's launcher asked for: RecordingExecutor unless EXECUTOR_ENV names another."""
+    cls = load(env[EXECUTOR_ENV]) if env.get(EXECUTOR_ENV) else RecordingExecutor
+    executor: Executor = cls(Path(env[RECORD_ENV]))
+    return executor
+
+
 if __name__ == "__main__":
-    serve(VERSION, CommandProvider([kind(RecordingExecutor(Path(os.environ[RECORD_ENV])))]))
+    serve(VERSION, CommandProvider([kind(executor_from_env(os.environ))]))

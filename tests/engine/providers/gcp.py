@@ -13,14 +13,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.engine.providers.base import Kind, LocalProvider, serve
+from tests.engine.providers.base import Kind, LocalProvider, load, serve
 
 VERSION = "10.2.0"
 STATE_ENV = "KTHW_ENGINE_GCP_STATE"
+# Optional "package.module:Class", a Backend subclass (real VMs): what the plugin creates instances with.
+BACKEND_ENV = "KTHW_ENGINE_GCP_BACKEND"
 API = "https://www.googleapis.com/compute/v1/"
 INSTANCE_IPS = ipaddress.IPv4Network("198.51.100.0/24")
 ADDRESS_IPS = ipaddress.IPv4Network("203.0.113.0/24")
@@ -318,5 +320,14 @@ def provider(backend: Backend) -> LocalProvider:
     return local
 
 
+def backend_from_env(env: Mapping[str, str]) -> Backend:
+    """The backend the plugin's launcher asked for: this JSON-file cloud unless BACKEND_ENV names another."""
+    cls = load(env[BACKEND_ENV]) if env.get(BACKEND_ENV) else Backend
+    backend = cls(Path(env[STATE_ENV]))
+    if not isinstance(backend, Backend):
+        raise TypeError(f"{env[BACKEND_ENV]} is not a gcp.Backend")
+    return backend
+
+
 if __name__ == "__main__":
-    serve(VERSION, provider(Backend(Path(os.environ[STATE_ENV]))))
+    serve(VERSION, provider(backend_from_env(os.environ)))
