@@ -177,6 +177,30 @@ def test_cert_rotation_replaces_leaves_not_the_authorities(engine: Engine) -> No
     }, steps
 
 
+def test_machine_type_updates_the_vms_in_place_and_nothing_else(engine: Engine) -> None:
+    steps = changes(engine.plan("kthw:machineType", "e2-standard-2"))
+    assert {name_of(urn): op for urn, op in steps.items()} == {
+        "kthw-controller-0-instance": "update",
+        "kthw-worker-0-instance": "update",
+    }
+
+
+def test_new_image_replaces_the_vms_and_replace_with_reruns_every_step_on_them(engine: Engine) -> None:
+    steps = changes(engine.plan("kthw:image", "debian-cloud/debian-12"))
+    replaced = {name_of(urn) for urn, op in steps.items() if op == "replace"}
+    assert {"kthw-controller-0-instance", "kthw-worker-0-instance"} <= replaced
+    node_steps = [
+        name_of(r["urn"])
+        for r in engine.resources()
+        if r["type"] == COMMAND and name_of(r["urn"]).startswith(("kthw-controller-0-", "kthw-worker-0-"))
+    ]
+    # Each step names its node's SSH gate in replaceWith; the gate's trigger is the instance id.
+    assert node_steps and set(node_steps) <= replaced, sorted(set(node_steps) - replaced)
+    # No authority, no network: only what lives on or names the VMs.
+    assert not {n for n in replaced if n.endswith(("-ca", "-ca-key", "-ssh-key"))}
+    assert not {type_of(u) for u in steps} & {"gcp:compute/network:Network", "gcp:compute/subnetwork:Subnetwork"}
+
+
 def test_adding_a_worker_runs_only_its_steps_and_the_smoke_test(engine: Engine) -> None:
     """Scaling through the real update: nothing already on controller-0 or worker-0 runs again."""
     before = len(engine.plugins.commands())
