@@ -137,6 +137,16 @@ def test_second_preview_changes_nothing(engine: Engine) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_refresh_then_up_changes_nothing(engine: Engine) -> None:
+    """`pulumi up --refresh` reads every resource back (Read) and then has nothing to do."""
+    before = len(engine.plugins.commands())
+    result = engine.cli(
+        "up", "--refresh", "--yes", "--expect-no-changes", "--stack", STACK, check=False, timeout=UP_TIMEOUT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert engine.plugins.commands()[before:] == []
+
+
 def test_adding_a_worker_plans_only_its_resources_and_the_smoke_test(engine: Engine) -> None:
     steps = changes(engine.plan("kthw:workerCount", "2"))
     created = {urn for urn, op in steps.items() if op == "create"}
