@@ -8,88 +8,25 @@ config validation, and stops when the program registers its first resource.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests import upstream
+from tests.pulumi_cli import Cli, isolated_cli
 
-ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "components", "requirements.txt")
-LANGHOST = Path(__file__).resolve().parent / "upstream" / "langhost.py"
 PROJECT = "kthw-cli-test"
 # What the engine says when the program asks for a provider the workspace does not have.
 MISSING_PLUGIN = re.compile(r"no resource plugin 'pulumi-resource-(gcp|tls|random|command)' found")
 
-
-@dataclass(frozen=True)
-class Cli:
-    """The built `pulumi` with an isolated home and state, and a copy of the project to run it on."""
-
-    binary: Path
-    env: dict[str, str]
-    project: Path
-
-    def __call__(self, *args: str, check: bool = True, timeout: int = 180) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(self.binary), *args, "--non-interactive", "--color=never"],
-            cwd=self.project,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            pytest.fail(f"pulumi {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-        return result
-
-
-def _language_host(directory: Path, bin_dir: Path) -> None:
-    """`pulumi-language-python` on PATH: our host (tests/upstream/langhost.py) under this venv's Python."""
-    directory.mkdir()
-    launcher = directory / "pulumi-language-python"
-    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{LANGHOST}" "$@"\n')
-    launcher.chmod(0o755)
+StackSetup = Callable[[str], None]
 
 
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
-    bin_dir = upstream.require("pulumi")
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, project / name)
-    # The project's `virtualenv: venv` is the venv these tests run in.
-    (project / "venv").symlink_to(Path(sys.prefix))
-    _language_host(tmp_path / "langhost", bin_dir)
-    env = {
-        "PATH": os.pathsep.join([str(tmp_path / "langhost"), str(bin_dir), "/usr/bin", "/bin"]),
-        "HOME": str(tmp_path / "home"),
-        "PULUMI_HOME": str(tmp_path / "home" / ".pulumi"),
-        "PULUMI_BACKEND_URL": f"file://{tmp_path / 'state'}",
-        "PULUMI_CONFIG_PASSPHRASE": "kthw-test-passphrase",
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-        "PULUMI_DISABLE_REGISTRY_RESOLVE": "true",
-        "PULUMI_DIY_BACKEND_NO_LEGACY_WARNING": "true",
-        "KTHW_PYTHON_EXEC": str(bin_dir / "pulumi-language-python-exec"),
-    }
-    (tmp_path / "state").mkdir()
-    return Cli(bin_dir / "pulumi", env, project)
-
-
-StackSetup = Callable[[str], None]
+    return isolated_cli(tmp_path)
 
 
 @pytest.fixture
@@ -97,9 +34,7 @@ def stack(cli: Cli) -> StackSetup:
     """Create a stack from a shipped stack file, with a real-looking project set."""
 
     def setup(name: str) -> None:
-        shutil.copy(ROOT / f"Pulumi.{name}.yaml", cli.project / f"Pulumi.{name}.yaml")
-        cli("stack", "init", name)
-        cli("config", "set", "gcp:project", PROJECT, "--stack", name)
+        cli.stack(name, PROJECT)
 
     return setup
 
