@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +143,10 @@ def test_namespace_teardown_stops_a_vm_nobody_stopped(
         vm = VM(Instance("worker-9", "10.240.0.29", "203.0.113.29", ""), base_image, accel, namespace, workdir / "vm")
         vm.start()
         assert vm.process is not None
+        # `ip netns exec` enters the namespace and then execs qemu: give it a moment to get there.
+        entered = time.monotonic() + 10
+        while vm.process.pid not in namespace.pids() and time.monotonic() < entered:
+            time.sleep(0.1)
         assert vm.process.pid in namespace.pids()
     finally:
         namespace.destroy()
