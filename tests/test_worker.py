@@ -239,6 +239,9 @@ def test_containerd_reads_the_config(tmp_path: Path) -> None:
     assert runtime["cni"]["conf_dir"] == "/etc/cni/net.d"
     # Image pulls look for each registry's hosts.toml (kthw:registryMirrors) there.
     assert dumped["plugins"]["io.containerd.cri.v1.images"]["registry"]["config_path"] == "/etc/containerd/certs.d"
+    # The pause image containerd pulls for every pod comes from a registry the README tells mirrors to cover.
+    sandbox = dumped["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
+    assert sandbox == "registry.k8s.io/pause:3.10.2" and sandbox.split("/")[0] in worker.KNOWN_REGISTRIES
 
 
 # A registry stand-in: it logs each request's path and answers 404, which is all a test of where
@@ -688,3 +691,21 @@ def test_configured_digest_reaches_each_workers_install_step() -> None:
         (line,) = [line for line in script.splitlines() if line.startswith("kubelet ")]
         assert line.split()[4] == digest
         assert "kubelet.sha256" not in script
+
+
+def test_known_registries_cover_every_image_the_cluster_pulls() -> None:
+    """An air-gapped cluster needs a mirror for each; dropping one of these entries removes its hosts.toml."""
+    from components import addons
+
+    images = [
+        "registry.k8s.io/pause:3.10.2",  # containerd 2.3's default sandbox image (`containerd config default`)
+        addons.COREDNS_IMAGE,
+        addons.METRICS_SERVER_IMAGE,
+        addons.SMOKE_NGINX_IMAGE,
+        addons.SMOKE_BUSYBOX_IMAGE,
+    ]
+    # A reference without a registry part (no "." or ":" before the first "/") is Docker Hub's.
+    registries = {
+        i.split("/")[0] if "/" in i and any(c in i.split("/")[0] for c in ".:") else "docker.io" for i in images
+    }
+    assert registries == set(worker.KNOWN_REGISTRIES)
