@@ -113,9 +113,13 @@ def _upstream(config: ClusterConfig, name: str) -> tuple[str, str, str, str, str
 
 
 def artifact(config: ClusterConfig, name: str) -> Artifact:
-    """The artifact `name` at the version config asks for, fetched from the mirror when one is set."""
+    """The artifact `name` at the version config asks for, fetched from the mirror when one is set.
+
+    A digest from kthw:binaryDigests wins over the pinned one and the published checksum file: the
+    user vouches for that file (a local build, their own release), whatever version it claims.
+    """
     version, kind, url, checksum_url, dest, members = _upstream(config, name)
-    pinned = PINNED.get((name, version))
+    pinned = dict(config.binary_digests).get(name) or PINNED.get((name, version))
     return Artifact(
         name=name,
         version=version,

@@ -55,6 +55,15 @@ DEFAULT_CIDRS = {"nodeCidr": "10.240.0.0/24", "clusterCidr": "10.200.0.0/16", "s
 # kthw:auditLevel: the audit policy's catch-all level (audit.k8s.io/v1 spelling), or "off" for no audit log.
 AUDIT_OFF = "off"
 AUDIT_LEVELS = ("None", "Metadata", "Request", "RequestResponse")
+# kthw:binaryDigests values: a SHA-256 as sha256sum prints it.
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# kthw:registryMirrors keys: a registry as an image reference names it, a DNS name or IPv4 address
+# with an optional port (registry.k8s.io, docker.io, 10.0.0.5:5000), in lowercase like containerd's
+# certs.d directories.
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_REGISTRY_HOST = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*(:[0-9]{{1,5}})?$")
+# kthw:registryMirrors values: an http(s) URL with nothing a TOML string or a path would need escaped.
+_MIRROR_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
 
 
 class ConfigError(ValueError):
@@ -210,6 +219,10 @@ class ClusterConfig:
     names: GceNames = field(default_factory=GceNames)
     audit_level: str = "Metadata"  # one of AUDIT_LEVELS, or AUDIT_OFF
     metrics_server: bool = True
+    # kthw:binaryDigests as (artifact, SHA-256) pairs, sorted: digests the user vouches for.
+    binary_digests: tuple[tuple[str, str], ...] = ()
+    # kthw:registryMirrors as (registry host, mirror URL) pairs, sorted.
+    registry_mirrors: tuple[tuple[str, str], ...] = ()
 
     @property
     def audit_enabled(self) -> bool:
@@ -442,6 +455,8 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     audit_level = problems.check(functools.partial(_choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS)))
     metrics_server = problems.check(functools.partial(_bool, cfg, "metricsServer", True))
     names = problems.check(lambda: _cluster_name(cfg, controller_count, worker_count, cluster_net))
+    binary_digests = _binary_digests(cfg, problems)
+    registry_mirrors = _registry_mirrors(cfg, problems)
 
     if problems.found:
         raise ConfigErrors(problems.found)
@@ -450,6 +465,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     assert controller_count is not None and worker_count is not None and machine_type is not None
     assert validity is not None and rotation is not None and admin_ranges is not None
     assert audit_level is not None and metrics_server is not None
+    assert binary_digests is not None and registry_mirrors is not None
 
     controllers = tuple(
         NodeSpec(
@@ -492,6 +508,8 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         names=names,
         audit_level=audit_level,
         metrics_server=metrics_server,
+        binary_digests=binary_digests,
+        registry_mirrors=registry_mirrors,
     )
 
 
@@ -535,6 +553,73 @@ def _bool(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
     if text not in ("true", "false"):
         raise ConfigError(key, raw, "true or false")
     return text == "true"
+
+
+def _object(cfg: Mapping[str, Any], key: str, example: str) -> dict[str, Any]:
+    """A string-keyed object: a mapping, or its JSON as the language host hands it over; unset is {}."""
+    raw = cfg.get(key)
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ConfigError(key, raw, f"an object, e.g. {example}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(key, raw, f"an object, e.g. {example}")
+    return {str(k): v for k, v in raw.items()}
+
+
+def _binary_digests(cfg: Mapping[str, Any], problems: _Problems) -> tuple[tuple[str, str], ...] | None:
+    """kthw:binaryDigests: artifact name -> the SHA-256 its download must have, replacing the pinned one."""
+    digests = problems.check(lambda: _object(cfg, "binaryDigests", '{"kubelet": "<sha256sum of the file>"}'))
+    if digests is None:
+        return None
+    checked = [problems.check(functools.partial(_binary_digest, name, digest)) for name, digest in digests.items()]
+    return tuple(sorted(c for c in checked if c is not None)) if None not in checked else None
+
+
+def _binary_digest(name: str, digest: object) -> tuple[str, str]:
+    # Imported here: artifacts builds on ClusterConfig, so it cannot be imported at the top.
+    from components.artifacts import NAMES
+
+    if name not in NAMES:
+        close = difflib.get_close_matches(name, NAMES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"one of {', '.join(NAMES)}"
+        raise ConfigError("binaryDigests", {name: digest}, f"{name!r} is not an artifact the program downloads: {hint}")
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise ConfigError(
+            "binaryDigests",
+            {name: digest},
+            f"the SHA-256 of {name}'s download: 64 lowercase hex digits, as `sha256sum FILE` prints them",
+        )
+    return name, digest
+
+
+def _registry_mirrors(cfg: Mapping[str, Any], problems: _Problems) -> tuple[tuple[str, str], ...] | None:
+    """kthw:registryMirrors: registry host -> the http(s) URL containerd pulls that registry's images from."""
+    example = '{"registry.k8s.io": "https://mirror.example.com:5000"}'
+    mirrors = problems.check(lambda: _object(cfg, "registryMirrors", example))
+    if mirrors is None:
+        return None
+    checked = [problems.check(functools.partial(_registry_mirror, host, url)) for host, url in mirrors.items()]
+    return tuple(sorted(c for c in checked if c is not None)) if None not in checked else None
+
+
+def _registry_mirror(host: str, url: object) -> tuple[str, str]:
+    if not _REGISTRY_HOST.match(host):
+        raise ConfigError(
+            "registryMirrors",
+            {host: url},
+            f"{host!r} is not a registry host: a lowercase DNS name or IPv4 address with an optional :port",
+        )
+    if not isinstance(url, str) or not _MIRROR_URL.match(url):
+        raise ConfigError(
+            "registryMirrors",
+            {host: url},
+            f"the mirror of {host}: an http(s) URL, e.g. https://mirror.example.com:5000",
+        )
+    return host, url.rstrip("/")
 
 
 def _choice(cfg: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:

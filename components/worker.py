@@ -24,6 +24,14 @@ KUBELET_CONFIG = "/var/lib/kubelet/kubelet-config.yaml"
 KUBE_PROXY_KUBECONFIG = "/var/lib/kube-proxy/kubeconfig"
 KUBE_PROXY_CONFIG = "/var/lib/kube-proxy/kube-proxy-config.yaml"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+# containerd's registry host directory: <dir>/<registry>/hosts.toml per kthw:registryMirrors entry.
+REGISTRY_CONFIG_PATH = "/etc/containerd/certs.d"
+# The registries the cluster's images come from (pause, CoreDNS, metrics-server from registry.k8s.io;
+# the smoke test's nginx and busybox from docker.io): a hosts.toml of these that config no longer
+# asks for is removed, so dropping a mirror takes effect.
+KNOWN_REGISTRIES = ("docker.io", "registry.k8s.io")
+# Docker Hub's registry API is not served at docker.io itself.
+REGISTRY_SERVERS = {"docker.io": "https://registry-1.docker.io"}
 CNI_CONF_DIR = "/etc/cni/net.d"
 # containerd's CRI plugin loads only the lexically first file of conf_dir (max_conf_num = 1): the
 # "05-" prefix sorts ahead of the "10-" names other installers use.
@@ -127,8 +135,34 @@ def render_containerd_config() -> str:
     parse the result with tomllib.
     """
     return render(
-        "worker/containerd-config.toml", runc_path=RUNC_PATH, cni_bin_dir=CNI_BIN_DIR, cni_conf_dir=CNI_CONF_DIR
+        "worker/containerd-config.toml",
+        runc_path=RUNC_PATH,
+        cni_bin_dir=CNI_BIN_DIR,
+        cni_conf_dir=CNI_CONF_DIR,
+        registry_config_path=REGISTRY_CONFIG_PATH,
     )
+
+
+def hosts_toml_path(registry: str) -> str:
+    """Where containerd looks for `registry`'s hosts.toml."""
+    return f"{REGISTRY_CONFIG_PATH}/{registry}/hosts.toml"
+
+
+def render_hosts_toml(registry: str, mirror: str) -> str:
+    """<registry>/hosts.toml: pull and resolve `registry`'s images through `mirror` (a template, as config.toml)."""
+    server = REGISTRY_SERVERS.get(registry, f"https://{registry}")
+    return render("worker/hosts.toml", registry=registry, server=server, mirror=mirror)
+
+
+def registry_files(config: ClusterConfig) -> list[remote.RemoteFile]:
+    """One hosts.toml per kthw:registryMirrors entry."""
+    return [remote.RemoteFile(hosts_toml_path(r), render_hosts_toml(r, m)) for r, m in config.registry_mirrors]
+
+
+def obsolete_registry_files(config: ClusterConfig) -> tuple[str, ...]:
+    """The hosts.toml of each known registry config has no mirror for (left from an earlier mirror)."""
+    mirrored = {r for r, _ in config.registry_mirrors}
+    return tuple(hosts_toml_path(r) for r in KNOWN_REGISTRIES if r not in mirrored)
 
 
 def kubelet_config(config: ClusterConfig, spec: NodeSpec) -> dict[str, Any]:
@@ -283,6 +317,7 @@ class WorkerNode(pulumi.ComponentResource):
             remote.RemoteFile(CNI_CONFLIST, render_cni_conflist(spec)),
             remote.RemoteFile(CRICTL_CONFIG, render_crictl_config()),
             remote.RemoteFile(f"{UNIT_DIR}/containerd.service", render_containerd_unit(cfg)),
+            *registry_files(cfg),
         ]
         containerd = remote.deploy(
             f"{name}-containerd",
@@ -290,7 +325,7 @@ class WorkerNode(pulumi.ComponentResource):
             parent=self,
             step="containerd",
             files=containerd_files,
-            obsolete=CNI_OBSOLETE_CONFS,
+            obsolete=CNI_OBSOLETE_CONFS + obsolete_registry_files(cfg),
             units=["containerd"],
             secret=False,  # no key material: keep its output readable
             depends_on=[binaries],

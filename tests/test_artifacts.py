@@ -141,6 +141,24 @@ def test_mirror_replaces_the_scheme_for_binaries_and_checksum_files() -> None:
     assert "https://dl.k8s.io" not in script
 
 
+def test_configured_digest_replaces_pinned_and_published_ones() -> None:
+    """kthw:binaryDigests: the script checks that digest and fetches no checksum file, mirror or not."""
+    mine = sha256(b"my own kubelet")
+    for kthw in ({}, {"binaryMirror": "http://127.0.0.1:8080/m"}, {"kubernetesVersion": "1.99.0"}):
+        cfg = default_config(binaryDigests={"kubelet": mine, "etcd": sha256(b"my etcd")}, **kthw)
+        kubelet = artifacts.artifact(cfg, "kubelet")
+        assert kubelet.checksum == mine and kubelet.pinned
+        assert artifacts.artifact(cfg, "etcd").checksum == sha256(b"my etcd")
+        script = artifacts.install_script(cfg, NODE, ["kubelet", "kubectl"])
+        assert f" {mine} " in script and "kubelet.sha256" not in script
+        # The others keep their pinned digest, or their checksum file at an unpinned version.
+        kubectl = artifacts.artifact(cfg, "kubectl")
+        if "kubernetesVersion" in kthw:
+            assert kubectl.checksum.endswith("/v1.99.0/bin/linux/amd64/kubectl.sha256")
+        else:
+            assert kubectl.checksum == artifacts.PINNED[("kubectl", versions.KUBERNETES)]
+
+
 def test_unknown_or_empty_names_are_refused() -> None:
     cfg = default_config()
     with pytest.raises(KeyError, match="kubeadm"):
@@ -334,6 +352,36 @@ def test_wrong_pinned_digest_fails_naming_both_digests_and_installs_nothing(
     assert f"expected {wrong}, got {sha256(data)}" in result.stderr
     assert files_under(root) == {}
     assert files_under(tmp_path / "cache") == {}  # a bad download is not cached either
+
+
+def local_build(m: Mirror, version: str) -> tuple[config.ClusterConfig, bytes, str]:
+    """A locally built kubelet on the mirror, with no checksum file beside it: (config, bytes, mirror path)."""
+    data = exe(f"kubelet built here {version}")
+    path = artifacts.artifact(m.config(kubernetesVersion=version), "kubelet").url.removeprefix(m.url + "/")
+    put(m.base, path, data)
+    return m.config(kubernetesVersion=version, binaryDigests={"kubelet": sha256(data)}), data, path
+
+
+def test_configured_digest_installs_a_local_build(mirror: Mirror, tmp_path: Path) -> None:
+    cfg, data, path = local_build(mirror, "1.95.0")
+    assert not (mirror.base / f"{path}.sha256").exists()
+    result = run_script(artifacts.install_script(cfg, NODE, ["kubelet"]), tmp_path, tmp_path / "root")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "root/usr/local/bin/kubelet").read_bytes() == data
+    assert f"install kubelet: installed {tmp_path}/root/usr/local/bin/kubelet (1.95.0)" in result.stdout
+
+
+def test_configured_digest_one_digit_off_fails_naming_artifact_and_both_digests(mirror: Mirror, tmp_path: Path) -> None:
+    cfg, data, _ = local_build(mirror, "1.94.0")
+    right = sha256(data)
+    off = right[:-1] + ("0" if right[-1] != "0" else "1")
+    cfg = mirror.config(kubernetesVersion="1.94.0", binaryDigests={"kubelet": off})
+    root = tmp_path / "root"
+    result = run_script(artifacts.install_script(cfg, "worker-0", ["kubelet"]), tmp_path, root)
+    assert result.returncode != 0
+    assert f"kthw: worker-0: install kubelet: SHA-256 mismatch for {mirror.url}/dl.k8s.io/v1.94.0" in result.stderr
+    assert f"expected {off}, got {right}" in result.stderr
+    assert files_under(root) == {} and files_under(tmp_path / "cache") == {}
 
 
 def test_one_bad_artifact_installs_none_of_the_others(mirror: Mirror, tmp_path: Path) -> None:

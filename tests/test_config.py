@@ -306,3 +306,113 @@ def test_audit_level_and_metrics_server_refuse_bad_values(key: str, value: str, 
     with pytest.raises(ConfigErrors) as error:
         load(**{key: value})
     assert str(error.value) == f"kthw:{key} = {value!r} is invalid: {rule}"
+
+
+DIGEST = "0123456789abcdef" * 4
+
+
+def test_binary_digests_and_registry_mirrors_default_to_none() -> None:
+    cfg = load()
+    assert cfg.binary_digests == () and cfg.registry_mirrors == ()
+    assert load(binaryDigests="", registryMirrors="{}") == cfg
+
+
+def test_binary_digests_and_registry_mirrors_arrive_as_objects_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A structured stack value reaches the program as JSON through PULUMI_CONFIG, or as a dict."""
+    as_dict = load(
+        binaryDigests={"kubelet": DIGEST, "etcd": DIGEST}, registryMirrors={"docker.io": "http://10.0.0.5:5000/"}
+    )
+    assert as_dict.binary_digests == (("etcd", DIGEST), ("kubelet", DIGEST))
+    assert as_dict.registry_mirrors == (("docker.io", "http://10.0.0.5:5000"),)
+    pulumi.runtime.set_all_config({})
+    monkeypatch.setenv(
+        "PULUMI_CONFIG",
+        json.dumps(
+            {
+                **GCP,
+                "kthw:binaryDigests": json.dumps({"kubelet": DIGEST, "etcd": DIGEST}),
+                "kthw:registryMirrors": json.dumps({"docker.io": "http://10.0.0.5:5000/"}),
+            }
+        ),
+    )
+    from_cli = config.from_stack()
+    assert (from_cli.binary_digests, from_cli.registry_mirrors) == (as_dict.binary_digests, as_dict.registry_mirrors)
+
+
+@pytest.mark.parametrize(
+    ("values", "problems"),
+    [
+        (
+            {"binaryDigests": {"kublet": DIGEST}},
+            [
+                f"kthw:binaryDigests = {{'kublet': '{DIGEST}'}} is invalid: 'kublet' is not an artifact the program "
+                "downloads: did you mean 'kubelet'?"
+            ],
+        ),
+        (
+            {"binaryDigests": {"kubelet": DIGEST[:-1]}},
+            [
+                f"kthw:binaryDigests = {{'kubelet': '{DIGEST[:-1]}'}} is invalid: the SHA-256 of kubelet's download: "
+                "64 lowercase hex digits, as `sha256sum FILE` prints them"
+            ],
+        ),
+        # Every bad entry is its own problem: uppercase hex, a non-string, an unknown name with no near match.
+        (
+            {"binaryDigests": {"etcd": DIGEST.upper(), "runc": 5, "helm": DIGEST}},
+            [
+                f"kthw:binaryDigests = {{'etcd': '{DIGEST.upper()}'}} is invalid: the SHA-256 of etcd's download: "
+                "64 lowercase hex digits, as `sha256sum FILE` prints them",
+                "kthw:binaryDigests = {'runc': 5} is invalid: the SHA-256 of runc's download: "
+                "64 lowercase hex digits, as `sha256sum FILE` prints them",
+                f"kthw:binaryDigests = {{'helm': '{DIGEST}'}} is invalid: 'helm' is not an artifact the program "
+                "downloads: one of etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, "
+                "kube-proxy, containerd, runc, cni-plugins, crictl",
+            ],
+        ),
+        (
+            {"binaryDigests": '["kubelet"]'},
+            ["""kthw:binaryDigests = ['kubelet'] is invalid: an object, e.g. {"kubelet": "<sha256sum of the file>"}"""],
+        ),
+        (
+            {"registryMirrors": {"Docker.io": "http://10.0.0.5:5000", "quay.io": "ftp://10.0.0.5"}},
+            [
+                "kthw:registryMirrors = {'Docker.io': 'http://10.0.0.5:5000'} is invalid: 'Docker.io' is not a "
+                "registry host: a lowercase DNS name or IPv4 address with an optional :port",
+                "kthw:registryMirrors = {'quay.io': 'ftp://10.0.0.5'} is invalid: the mirror of quay.io: an http(s) "
+                "URL, e.g. https://mirror.example.com:5000",
+            ],
+        ),
+        (
+            {"registryMirrors": {"registry.k8s.io": "http://mirror/with space"}},
+            [
+                "kthw:registryMirrors = {'registry.k8s.io': 'http://mirror/with space'} is invalid: the mirror of "
+                "registry.k8s.io: an http(s) URL, e.g. https://mirror.example.com:5000"
+            ],
+        ),
+        (
+            {"registryMirrors": "{nope"},
+            [
+                "kthw:registryMirrors = '{nope' is invalid: an object, e.g. "
+                '{"registry.k8s.io": "https://mirror.example.com:5000"}'
+            ],
+        ),
+    ],
+)
+def test_bad_binary_digests_and_registry_mirrors(values: dict[str, object], problems: list[str]) -> None:
+    with pytest.raises(ConfigErrors) as error:
+        load(**values)
+    assert error.value.problems == problems
+
+
+def test_binary_digests_need_no_mirror() -> None:
+    """A digest pins your own copy of an unpinned release even when it comes from upstream."""
+    cfg = load(binaryDigests={"kubelet": DIGEST})
+    assert cfg.binary_mirror is None and cfg.binary_digests == (("kubelet", DIGEST),)
+
+
+def test_registry_hosts_with_ports_and_addresses() -> None:
+    cfg = load(registryMirrors={"10.0.0.5:5000": "http://mirror:5001/kthw", "localhost:5000": "https://10.0.0.6"})
+    assert cfg.registry_mirrors == (
+        ("10.0.0.5:5000", "http://mirror:5001/kthw"),
+        ("localhost:5000", "https://10.0.0.6"),
+    )

@@ -92,3 +92,27 @@ def test_another_cluster_name_passes_the_cli(cli: Cli, stack: StackSetup) -> Non
     output = result.stdout + result.stderr
     assert "is invalid" not in output and "not a known key" not in output, output
     assert MISSING_PLUGIN.search(output), output
+
+
+def test_air_gap_objects_set_with_path_reach_the_program(cli: Cli, stack: StackSetup) -> None:
+    """`pulumi config set --path` makes the object keys; the CLI accepts them and the program checks each entry."""
+    stack("dev")
+    digest = "0123456789abcdef" * 4
+    cli("config", "set", "--path", "kthw:binaryDigests.kublet", digest, "--stack", "dev")
+    cli("config", "set", "--path", "kthw:binaryDigests.etcd", digest[:-1], "--stack", "dev")
+    cli("config", "set", "--path", 'kthw:registryMirrors["registry.k8s.io"]', "ftp://10.0.0.5", "--stack", "dev")
+    result = cli("preview", "--stack", "dev", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "'kublet' is not an artifact the program downloads: did you mean 'kubelet'?" in output, output
+    assert f"kthw:binaryDigests = {{'etcd': '{digest[:-1]}'}} is invalid: the SHA-256 of etcd's download" in output
+    assert "kthw:registryMirrors = {'registry.k8s.io': 'ftp://10.0.0.5'} is invalid" in output, output
+
+    # Well-formed values pass config and stop only where every preview here stops: at the provider.
+    cli("config", "rm", "--path", "kthw:binaryDigests.kublet", "--stack", "dev")
+    cli("config", "set", "--path", "kthw:binaryDigests.etcd", digest, "--stack", "dev")
+    cli("config", "set", "--path", 'kthw:registryMirrors["registry.k8s.io"]', "http://10.0.0.5:5000", "--stack", "dev")
+    result = cli("preview", "--stack", "dev", check=False)
+    output = result.stdout + result.stderr
+    assert "is invalid" not in output and "not a known key" not in output, output
+    assert MISSING_PLUGIN.search(output), output

@@ -51,7 +51,7 @@ def test_every_declared_key_has_type_description_and_default() -> None:
     declared = PROJECT["config"]
     assert set(declared) >= CONTRACT
     for key, spec in declared.items():
-        assert spec["type"] in {"string", "integer", "boolean", "array"}, key
+        assert spec["type"] in {"string", "integer", "boolean", "array", "object"}, key
         assert len(spec["description"]) > 10, key
         assert spec.get("default") is not None, f"{key}: no default, so the CLI requires every stack to set it"
 

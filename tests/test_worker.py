@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shlex
+import socket
 import subprocess
+import sys
+import tempfile
+import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pulumi
@@ -21,12 +27,10 @@ from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
 from tests import upstream
 from tests.harness import Recording, bundle, run_components
-from tests.tools import directives, shellcheck, verify_unit
+from tests.tools import directives, shellcheck, skip_or_fail, verify_unit
 
-CONFIG = config_module.load(
-    {"controllerCount": 3, "workerCount": 3},
-    {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"},
-)
+GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"}
+CONFIG = config_module.load({"controllerCount": 3, "workerCount": 3}, GCP)
 WORKERS = CONFIG.workers
 UNITS = {
     "containerd": worker.render_containerd_unit,
@@ -161,6 +165,59 @@ def test_containerd_config() -> None:
     assert runc["runtime_type"] == "io.containerd.runc.v2"
     assert runc["options"] == {"BinaryName": "/usr/local/bin/runc", "SystemdCgroup": True}
     assert runtime["cni"] == {"bin_dirs": ["/opt/cni/bin"], "conf_dir": "/etc/cni/net.d"}
+    assert plugins["io.containerd.cri.v1.images"]["registry"] == {"config_path": "/etc/containerd/certs.d"}
+
+
+MIRRORED = config_module.load(
+    {
+        "controllerCount": 1,
+        "workerCount": 2,
+        "registryMirrors": {"registry.k8s.io": "http://10.240.0.2:5000", "10.9.8.7:5000": "https://cache.example/v/"},
+    },
+    {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"},
+)
+
+
+def test_hosts_toml_pulls_through_the_mirror() -> None:
+    k8s = tomllib.loads(worker.render_hosts_toml("registry.k8s.io", "http://10.240.0.2:5000"))
+    assert k8s == {
+        "server": "https://registry.k8s.io",
+        "host": {"http://10.240.0.2:5000": {"capabilities": ["pull", "resolve"]}},
+    }
+    # Docker Hub's API lives at registry-1.docker.io, not at the name images use.
+    hub = tomllib.loads(worker.render_hosts_toml("docker.io", "https://hub-cache.example"))
+    assert hub["server"] == "https://registry-1.docker.io"
+    assert list(hub["host"]) == ["https://hub-cache.example"]
+
+
+def test_registry_files_follow_config() -> None:
+    files = {f.path: f.content for f in worker.registry_files(MIRRORED)}
+    assert set(files) == {
+        "/etc/containerd/certs.d/registry.k8s.io/hosts.toml",
+        "/etc/containerd/certs.d/10.9.8.7:5000/hosts.toml",
+    }
+    custom = tomllib.loads(str(files["/etc/containerd/certs.d/10.9.8.7:5000/hosts.toml"]))
+    assert custom["server"] == "https://10.9.8.7:5000"
+    assert list(custom["host"]) == ["https://cache.example/v"]  # the trailing slash is dropped
+    # Only the known registry without a mirror is cleaned up; a mirrored one is not.
+    assert worker.obsolete_registry_files(MIRRORED) == ("/etc/containerd/certs.d/docker.io/hosts.toml",)
+    assert worker.registry_files(CONFIG) == []
+
+
+def test_registry_mirrors_ship_in_the_containerd_bundle_only() -> None:
+    """A mirror change reaches containerd's deploy, so it restarts containerd and nothing else."""
+    plain, mirrored = _build(config_module.load({"controllerCount": 1, "workerCount": 2}, GCP)), _build(MIRRORED)
+    for spec in MIRRORED.workers:
+        files = bundle(mirrored.by_name(f"{spec.name}-containerd"))
+        hosts = files["/etc/containerd/certs.d/registry.k8s.io/hosts.toml"]
+        assert hosts == (worker.render_hosts_toml("registry.k8s.io", "http://10.240.0.2:5000"), 0o644)
+        assert "/etc/containerd/certs.d/10.9.8.7:5000/hosts.toml" in files
+        script = str(mirrored.by_name(f"{spec.name}-containerd").inputs["create"])
+        assert "/etc/containerd/certs.d/registry.k8s.io/hosts.toml\nOBSOLETE" not in script
+        for step in ("kubelet", "kube-proxy", "binaries", "prepare"):
+            before, after = plain.by_name(f"{spec.name}-{step}"), mirrored.by_name(f"{spec.name}-{step}")
+            assert before.inputs == after.inputs, step
+        assert plain.by_name(f"{spec.name}-containerd").inputs != mirrored.by_name(f"{spec.name}-containerd").inputs
 
 
 def test_containerd_reads_the_config(tmp_path: Path) -> None:
@@ -180,6 +237,100 @@ def test_containerd_reads_the_config(tmp_path: Path) -> None:
     assert runtime["containerd"]["runtimes"]["runc"]["options"]["BinaryName"] == "/usr/local/bin/runc"
     assert runtime["cni"]["bin_dirs"] == ["/opt/cni/bin"]
     assert runtime["cni"]["conf_dir"] == "/etc/cni/net.d"
+    # Image pulls look for each registry's hosts.toml (kthw:registryMirrors) there.
+    assert dumped["plugins"]["io.containerd.cri.v1.images"]["registry"]["config_path"] == "/etc/containerd/certs.d"
+    # The pause image containerd pulls for every pod comes from a registry the README tells mirrors to cover.
+    sandbox = dumped["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
+    assert sandbox == "registry.k8s.io/pause:3.10.2" and sandbox.split("/")[0] in worker.KNOWN_REGISTRIES
+
+
+# A registry stand-in: it logs each request's path and answers 404, which is all a test of where
+# containerd sends its requests needs.
+FAKE_REGISTRY = """
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print(self.command, self.path, flush=True)
+        self.send_response(404)
+        self.end_headers()
+    do_HEAD = do_GET
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def _wait_for(path: Path, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"{path} did not appear:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A short scratch directory: containerd's socket path must fit in a sockaddr_un."""
+    with tempfile.TemporaryDirectory(prefix="kthw-ctrd-") as directory:
+        yield Path(directory)
+
+
+def test_containerd_pulls_through_the_rendered_mirror(scratch: Path) -> None:
+    """The built containerd's CRI plugin, on the rendered config and hosts.toml, asks the mirror for the image.
+
+    Everything stays on loopback: the registry is 127.0.0.1:9, where nothing listens, so the fallback
+    to the upstream server cannot leave the machine either.
+    """
+    bin_dir = upstream.require("containerd")
+    crictl = upstream.require("crictl") / "crictl"
+    if os.geteuid() != 0:
+        skip_or_fail("containerd's daemon needs root")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    certs = scratch / "certs.d"
+    registry = "127.0.0.1:9"
+    (certs / registry).mkdir(parents=True)
+    (certs / registry / "hosts.toml").write_text(worker.render_hosts_toml(registry, f"http://127.0.0.1:{port}"))
+    # The rendered config, its certs.d moved under the scratch directory; NRI off, since its socket
+    # is a fixed path under /var/run that a test must not take.
+    rendered = worker.render_containerd_config()
+    assert f"config_path = '{worker.REGISTRY_CONFIG_PATH}'" in rendered
+    conf = rendered.replace(worker.REGISTRY_CONFIG_PATH, str(certs))
+    conf += "\n[plugins.'io.containerd.nri.v1.nri']\n  disable = true\n"
+    (scratch / "config.toml").write_text(conf)
+    sock = scratch / "c.sock"
+    registry_log, containerd_log = scratch / "registry.log", scratch / "containerd.log"
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with registry_log.open("wb") as out:
+            processes.append(subprocess.Popen([sys.executable, "-c", FAKE_REGISTRY, str(port)], stdout=out))
+        with containerd_log.open("wb") as out:
+            daemon = subprocess.Popen(
+                [str(bin_dir / "containerd"), "--config", str(scratch / "config.toml"), "--root",
+                 str(scratch / "root"), "--state", str(scratch / "state"), "--address", str(sock)],
+                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}"),
+            )  # fmt: skip
+            processes.append(daemon)
+        _wait_for(sock, daemon, containerd_log)
+        endpoint = f"unix://{sock}"
+        pull = subprocess.run(
+            [str(crictl), "--config", "/dev/null", "--runtime-endpoint", endpoint, "--image-endpoint", endpoint,
+             "--timeout", "20s", "pull", f"{registry}/library/busybox:1.28"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert pull.returncode != 0  # the stand-in has no image
+        assert "not found" in pull.stderr, pull.stderr
+        # Resolving asks for the manifest (HEAD, then GET where HEAD is refused) on the mirror.
+        paths = [line.split(" ", 1)[1] for line in registry_log.read_text().splitlines()]
+        assert f"/v2/library/busybox/manifests/1.28?ns={registry.replace(':', '%3A')}" in paths, (
+            paths,
+            containerd_log.read_text()[-2000:],
+        )
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
 
 
 # --- units -----------------------------------------------------------------------------------------
@@ -492,7 +643,11 @@ def test_deployed_files(wired: Recording, spec: NodeSpec) -> None:
     assert yaml.safe_load(containerd_files["/etc/crictl.yaml"][0])["runtime-endpoint"] == worker.CONTAINERD_ENDPOINT
     # An upgraded worker loses the single-plugin files the conflist replaces.
     script = str(containerd.inputs["create"])
-    assert "/etc/cni/net.d/10-bridge.conf\n/etc/cni/net.d/99-loopback.conf\nOBSOLETE" in script
+    # So does a registry mirror config no longer asks for (none here).
+    assert (
+        "/etc/cni/net.d/10-bridge.conf\n/etc/cni/net.d/99-loopback.conf\n"
+        "/etc/containerd/certs.d/docker.io/hosts.toml\n/etc/containerd/certs.d/registry.k8s.io/hosts.toml\nOBSOLETE"
+    ) in script
 
     ready = wired.by_name(f"{n}-ready")
     (trigger,) = ready.inputs["triggers"]
@@ -524,3 +679,33 @@ def test_program_wiring(ha: Recording) -> None:
             assert not ha.ancestors(f"{prefix}-{step}") & control_plane, step
         for step in ("kubelet", "kube-proxy"):
             assert control_plane <= ha.ancestors(f"{prefix}-{step}"), step
+
+
+def test_configured_digest_reaches_each_workers_install_step() -> None:
+    """Under the mocks, kthw:binaryDigests is what each worker's binaries step checks its kubelet against."""
+    digest = "ab" * 32
+    cfg = config_module.load({"controllerCount": 1, "workerCount": 2, "binaryDigests": {"kubelet": digest}}, GCP)
+    recording = _build(cfg)
+    for spec in cfg.workers:
+        script = str(recording.by_name(f"{spec.name}-binaries").inputs["create"])
+        (line,) = [line for line in script.splitlines() if line.startswith("kubelet ")]
+        assert line.split()[4] == digest
+        assert "kubelet.sha256" not in script
+
+
+def test_known_registries_cover_every_image_the_cluster_pulls() -> None:
+    """An air-gapped cluster needs a mirror for each; dropping one of these entries removes its hosts.toml."""
+    from components import addons
+
+    images = [
+        "registry.k8s.io/pause:3.10.2",  # containerd 2.3's default sandbox image (`containerd config default`)
+        addons.COREDNS_IMAGE,
+        addons.METRICS_SERVER_IMAGE,
+        addons.SMOKE_NGINX_IMAGE,
+        addons.SMOKE_BUSYBOX_IMAGE,
+    ]
+    # A reference without a registry part (no "." or ":" before the first "/") is Docker Hub's.
+    registries = {
+        i.split("/")[0] if "/" in i and any(c in i.split("/")[0] for c in ".:") else "docker.io" for i in images
+    }
+    assert registries == set(worker.KNOWN_REGISTRIES)
