@@ -13,6 +13,7 @@ from components.api_frontend import ApiFrontend, ApiFrontendArgs
 from components.config import ClusterConfig, NodeSpec
 from components.control_plane import ControlPlaneArgs, ControlPlaneNode
 from components.etcd import EtcdMember, EtcdMemberArgs
+from components.etcd_backup import EtcdBackupStore, EtcdBackupStoreArgs
 from components.kubeconfig import ADMIN_USER, encryption_config_output, kubeconfig_output
 from components.network import API_PORT, Network, NetworkArgs
 from components.node import Node, NodeArgs
@@ -48,6 +49,11 @@ class Cluster(pulumi.ComponentResource):
         self.ssh_key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
         self.ssh_private_key: pulumi.Output[str] = pulumi.Output.secret(self.ssh_key.private_key_openssh)
 
+        # Optional: etcd snapshots copied to a bucket only the controllers' account may write to.
+        self.backup_store = (
+            EtcdBackupStore(f"{name}-etcd-backup", EtcdBackupStoreArgs(cfg), child) if cfg.etcd_backup_bucket else None
+        )
+
         def node(spec: NodeSpec, after: Sequence[pulumi.Resource] = ()) -> Node:
             node_args = NodeArgs(
                 config=cfg,
@@ -56,6 +62,11 @@ class Cluster(pulumi.ComponentResource):
                 ssh_public_key=self.ssh_key.public_key_openssh,
                 ssh_private_key=self.ssh_private_key,
                 after=after,
+                service_account_email=(
+                    self.backup_store.service_account_email
+                    if self.backup_store is not None and spec.role == "controller"
+                    else None
+                ),
             )
             return Node(f"{name}-{spec.name}", node_args, child)
 
@@ -95,6 +106,7 @@ class Cluster(pulumi.ComponentResource):
                         ca=self.pki.ca,
                         server=self.pki.api_server,
                         after=[p.started for p in previous],
+                        backup_bucket=cfg.etcd_backup_bucket,
                     ),
                     child,
                 )

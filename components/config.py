@@ -30,6 +30,8 @@ _PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 # What the example stack files ship with, so a forgotten `pulumi config set gcp:project` is caught here.
 PROJECT_PLACEHOLDER = "your-gcp-project"
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# GCS bucket names without dots (dotted names need domain verification): 3-63 characters.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
 
 
 class ConfigError(ValueError):
@@ -83,6 +85,7 @@ class ClusterConfig:
     binary_mirror: str | None = None
     cert_validity_hours: int = 8760
     cert_rotation: int = 0
+    etcd_backup_bucket: str | None = None
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -132,6 +135,7 @@ KEYS = (
     "binaryMirror",
     "certValidityHours",
     "certRotation",
+    "etcdBackupBucket",
 )
 GCP_KEYS = ("project", "region", "zone")
 
@@ -244,6 +248,14 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
             "certRotation", rotation, "a whole number >= 0; raise it by one to re-issue every leaf certificate"
         )
 
+    bucket = str(cfg.get("etcdBackupBucket") or "") or None
+    if bucket is not None and (not _BUCKET.match(bucket) or bucket.startswith("goog") or "google" in bucket):
+        raise ConfigError(
+            "etcdBackupBucket",
+            bucket,
+            "a new GCS bucket name: 3-63 lowercase letters, digits, '-' and '_', no 'goog' prefix (empty: no bucket)",
+        )
+
     project = _project(gcp.get("gcp:project"))
     return ClusterConfig(
         project=str(project) if project else None,
@@ -268,6 +280,24 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         binary_mirror=str(mirror).rstrip("/") if mirror else None,
         cert_validity_hours=validity,
         cert_rotation=rotation,
+        etcd_backup_bucket=bucket,
+    )
+
+
+def check_controller_shrink(previous: int, new: int) -> None:
+    """Refuse removing more etcd members in one update than the cluster can lose.
+
+    Members leave one at a time (member remove, then the VM goes), but in one update: if the ones
+    that stay are fewer than a majority of today's members, a single failure during the change
+    loses quorum. Shrinking by one is always allowed (2 -> 1 included); 5 -> 3 is, 3 -> 1 is not.
+    """
+    if new >= previous or new == previous - 1 or new >= previous // 2 + 1:
+        return
+    raise ConfigError(
+        "controllerCount",
+        new,
+        f"at least {previous // 2 + 1} in one update: {previous} controllers run now and etcd must keep a majority"
+        f" of them; shrink in steps (e.g. {previous} -> {previous // 2 + 1})",
     )
 
 

@@ -189,7 +189,10 @@ def controller_fingerprint(config: ClusterConfig, spec: NodeSpec) -> str:
     The ready step re-runs when it changes, so the next controller waits for this one's etcd even
     when GCE only stopped and started the VM; the preview warning compares it with the last update's.
     """
+    # The bucket: switching snapshots to a bucket on or off changes the VM's service account, which
+    # GCE changes only on a stopped VM.
     parts = [config.image, spec.machine_type, config.zone, spec.internal_ip, config.node_cidr]
+    parts += [f"bucket={config.etcd_backup_bucket}"] if config.etcd_backup_bucket else []
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

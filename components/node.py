@@ -40,6 +40,9 @@ class NodeArgs:
     # What the instance waits for before it is created or replaced: the previous controller's
     # etcd member being healthy again, so controllers are replaced one at a time.
     after: Sequence[pulumi.Resource] = ()
+    # A service account of the program's own (controllers, when etcd snapshots go to a bucket);
+    # otherwise the project's default compute account, limited by SCOPES.
+    service_account_email: pulumi.Input[str] | None = None
 
 
 class Node(pulumi.ComponentResource):
@@ -93,7 +96,11 @@ class Node(pulumi.ComponentResource):
                     "access_configs": [{}],  # an ephemeral external IP for SSH and egress
                 }
             ],
-            service_account={"scopes": list(SCOPES)},
+            service_account=(
+                {"email": args.service_account_email, "scopes": [*SCOPES, "storage-rw"]}
+                if args.service_account_email is not None
+                else {"scopes": list(SCOPES)}
+            ),
             tags=[NETWORK_TAG, spec.role],
             metadata=metadata,
             attached_disks=attached or None,
