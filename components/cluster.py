@@ -31,10 +31,12 @@ class ClusterArgs:
 class Cluster(pulumi.ComponentResource):
     """Kubernetes The Hard Way on GCE: every resource of the cluster lives below this one.
 
-    The bootstrap graph is wide, not deep: every node's steps hang off its own SSH gate, etcd
-    members start together, control planes wait for all of etcd, and every worker waits only for
-    the control plane and the API front end, never for another worker. Adding workers adds
-    parallel branches, so `pulumi up` takes about as long for 100 workers as for 3.
+    The bootstrap graph is wide across workers, deliberately narrow across controllers: every
+    node's steps hang off its own SSH gate; controllers come (and are replaced) one at a time, each
+    after the previous one's etcd member is ready, so etcd never loses quorum; each control plane
+    waits for its own member; every worker waits only for the control planes and the API front
+    end, never for another worker. Adding workers adds parallel branches, so `pulumi up` takes
+    about as long for 100 workers as for 3.
     """
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -111,7 +113,7 @@ class Cluster(pulumi.ComponentResource):
                     child,
                 )
             )
-        # KTHW ch. 8: every API server waits for every etcd member, since it talks to all of them.
+        # KTHW ch. 8: every API server talks to every etcd member, and starts once its own is ready.
         self.control_plane = [
             ControlPlaneNode(
                 f"{name}-{c.spec.name}-control-plane",
