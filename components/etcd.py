@@ -113,10 +113,15 @@ def render_membership_script(config: ClusterConfig, spec: NodeSpec) -> str:
     )
 
 
-def render_ready_script(spec: NodeSpec) -> str:
-    """The member is healthy (a quorum read through it works) and has applied the leader's index."""
+def render_ready_script(config: ClusterConfig, spec: NodeSpec) -> str:
+    """A healthy voting member (a learner is promoted once caught up) that has applied the leader's index."""
     return render(
-        "etcd/ready.sh", member=_controller(spec).name, local_url=LOCAL_URL, timeout=READY_TIMEOUT_S, **_tls()
+        "etcd/ready.sh",
+        member=_controller(spec).name,
+        local_url=LOCAL_URL,
+        peers=_others(config, spec),
+        timeout=READY_TIMEOUT_S,
+        **_tls(),
     )
 
 
@@ -229,7 +234,7 @@ class EtcdMember(pulumi.ComponentResource):
             remote.RemoteFile(CERT_FILE, args.server.cert_pem),
             remote.RemoteFile(KEY_FILE, pulumi.Output.secret(args.server.key_pem), 0o600),
             remote.RemoteFile(MEMBERSHIP_SCRIPT, render_membership_script(cfg, spec), 0o755),
-            remote.RemoteFile(READY_SCRIPT, render_ready_script(spec), 0o755),
+            remote.RemoteFile(READY_SCRIPT, render_ready_script(cfg, spec), 0o755),
             remote.RemoteFile(LEAVE_SCRIPT, render_leave_script(cfg, spec), 0o755),
             remote.RemoteFile(RESTORE_SCRIPT, render_restore_script(spec), 0o755),
         ]

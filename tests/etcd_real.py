@@ -108,6 +108,8 @@ class Member:
         env_file.parent.mkdir(parents=True, exist_ok=True)
         env_file.unlink(missing_ok=True)  # RuntimeDirectory= is emptied at every stop
         membership = self.script(etcd.MEMBERSHIP_SCRIPT)
+        with (self.root / "membership.log").open("a") as log:
+            log.write(membership.stderr)
         if membership.returncode != 0:
             return membership
         env = dict(os.environ)

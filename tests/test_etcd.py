@@ -72,7 +72,7 @@ def test_etcd_scripts_pass_shellcheck(script: str, tmp_path: Path) -> None:
     spec = CONTROLLERS[1]
     text = {
         "membership": lambda: etcd.render_membership_script(CONFIG, spec),
-        "ready": lambda: etcd.render_ready_script(spec),
+        "ready": lambda: etcd.render_ready_script(CONFIG, spec),
         "leave": lambda: etcd.render_leave_script(CONFIG, spec),
         "restore": lambda: etcd.render_restore_script(spec),
         "backup": lambda: etcd.render_backup_script(spec, None),
@@ -141,8 +141,14 @@ def test_every_member_is_healthy_on_both_client_listeners(cluster: etcd_real.Loo
             assert "is healthy" in result.stdout + result.stderr
 
 
-def test_members_carry_the_controller_names(cluster: etcd_real.Loopback) -> None:
+def test_members_carry_the_controller_names_and_every_joiner_was_promoted(cluster: etcd_real.Loopback) -> None:
     assert cluster.member_names() == {"controller-0", "controller-1", "controller-2"}
+    # Joiners come in as learners (membership script) and the ready step promotes them.
+    listed = cluster.etcdctl("member", "list", "-w", "simple", endpoints=cluster.endpoints())
+    assert [line.split(", ")[5] for line in listed.stdout.strip().splitlines()] == ["false"] * 3
+    assert "learner=(--learner)" in cluster.members["controller-1"].files[etcd.MEMBERSHIP_SCRIPT]
+    joins = {name: (m.root / "membership.log").read_text() for name, m in cluster.members.items()}
+    assert "as a learner" in joins["controller-1"] and "as a learner" not in joins["controller-2"]
 
 
 def test_put_on_one_member_get_on_another(cluster: etcd_real.Loopback) -> None:

@@ -5,7 +5,8 @@
 #   1. a data dir that holds a member (member/) starts as that member; etcd then ignores
 #      --initial-cluster*, so a replaced VM on its kept etcd disk comes back as itself;
 #   2. an empty data dir joins the running cluster found at the other members' client URLs:
-#      `member add` first (unless a previous attempt already added it), then start `existing`;
+#      `member add` first (unless a previous attempt already added it; as a learner when the
+#      cluster has one member), then start `existing`; the ready step promotes a learner;
 #   3. only when no other member answers at all does the founder ({{ founder }}) start a new
 #      cluster of one; the others grow it one `member add` at a time. Any other member waits.
 # A data dir left by a member the cluster has since removed is moved aside, and the member
@@ -101,15 +102,25 @@ if [ -n "${members}" ]; then
       }' <<< "${members}")"
   else
     deadline=$((SECONDS + add_timeout))
-    # etcd refuses an add until every voting member has been connected for a few seconds.
-    until added="$("${etcdctl}" --endpoints="${peers}" member add "${name}" --peer-urls="${peer_url}")"; do
+    # A cluster of one adds its second member as a learner: a voting second member would leave
+    # it without a quorum (1 of 2) until the joiner runs; a learner does not vote until the ready
+    # step promotes it, once caught up. A larger cluster keeps its quorum through a voting add,
+    # and a learner would refuse the requests of clients that already list it (API servers).
+    learner=()
+    as="a voting member"
+    if [ "$(wc -l <<< "${members}")" -eq 1 ]; then
+      learner=(--learner)
+      as="a learner"
+    fi
+    # etcd refuses an add until every voting member has been connected for a few seconds: retry.
+    until added="$("${etcdctl}" --endpoints="${peers}" member add "${name}" --peer-urls="${peer_url}" "${learner[@]}")"; do
       if [ "${SECONDS}" -ge "${deadline}" ]; then
         log "member add did not succeed within ${add_timeout}s"
         exit 1
       fi
       sleep 2
     done
-    log "${added%%$'\n'*}"
+    log "${added%%$'\n'*} as ${as}"
     # Taken from the add's own answer: a one-member cluster that just added a second has no
     # quorum until this member starts, so it could not be asked again.
     cluster="$(sed -n 's/^ETCD_INITIAL_CLUSTER="\(.*\)"$/\1/p' <<< "${added}")"
