@@ -226,7 +226,9 @@ class EtcdMember(pulumi.ComponentResource):
         super().__init__("kthw:index:EtcdMember", name, None, opts)
         cfg, spec, host = args.config, _controller(args.spec), args.host
 
-        mount = remote.run(f"{name}-mount", host, render_disk_script(spec), parent=self)
+        # After the previous member too: moving a member's data off the boot disk (a cluster made
+        # before the etcd disk) stops etcd, which must happen on one controller at a time.
+        mount = remote.run(f"{name}-mount", host, render_disk_script(spec), parent=self, depends_on=list(args.after))
         binaries = remote.run(f"{name}-binaries", host, artifacts.install_script(cfg, spec.name, ["etcd"]), parent=self)
         files = [
             remote.RemoteFile(UNIT_PATH, render_etcd_unit(cfg, spec)),

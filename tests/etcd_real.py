@@ -222,11 +222,19 @@ class Loopback:
         assert result.returncode == 0, result.stderr
         return {line.split(", ")[2] for line in result.stdout.strip().splitlines()}
 
-    def bring_up(self, name: str, timeout: int = 60) -> float:
-        """Start a member and wait until it is ready; seconds it took. Fails with the member's log."""
+    def bring_up(self, name: str, timeout: int = 120) -> float:
+        """Start a member and wait until it is ready; seconds it took. Fails with the member's log.
+
+        A failed membership script is retried after 5 s, three times, as systemd's Restart=on-failure
+        with RestartSec=5 does (the script refuses, e.g., while the cluster answers without a quorum).
+        """
         member = self.members[name]
         began = time.monotonic()
-        membership = member.start()
+        for _ in range(3):
+            membership = member.start()
+            if membership.returncode == 0:
+                break
+            time.sleep(5)
         assert membership.returncode == 0, f"{name} membership: {membership.stderr}"
         ready = member.ready(timeout)
         assert ready.returncode == 0, f"{name} not ready: {ready.stdout}{ready.stderr}\n{member.tail()}"

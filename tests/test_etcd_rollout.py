@@ -60,6 +60,8 @@ def test_controllers_are_replaced_one_after_another(i: int) -> None:
     # ... and no earlier controller waits for a later one.
     assert not {a for a in ha.ancestors(f"kthw-controller-{i - 1}-etcd-ready") if a.startswith(f"kthw-controller-{i}")}
     assert "kthw-controller-0-instance" in ha.ancestors(f"kthw-controller-{i}-instance")
+    # Moving data off a boot disk stops etcd: one controller at a time as well.
+    assert f"kthw-controller-{i - 1}-etcd-ready" in ha.by_name(f"kthw-controller-{i}-etcd-mount").depends_on
     assert not ha.by_name("kthw-controller-0-instance").depends_on & {
         f"kthw-controller-{c}-etcd-ready" for c in range(3)
     }
