@@ -8,6 +8,7 @@ what the README reports.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -108,8 +109,6 @@ def test_a_member_whose_disk_was_lost_is_removed_and_added_again(three: etcd_rea
     member = three.members["controller-2"]
     member.kill()
     # A new, empty disk: the cluster still lists controller-2 as a started member.
-    import shutil
-
     shutil.rmtree(member.data_dir)
     began = time.monotonic()
     membership = member.start()

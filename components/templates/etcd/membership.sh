@@ -108,7 +108,8 @@ if [ -n "${members}" ]; then
     # and a learner would refuse the requests of clients that already list it (API servers).
     learner=()
     as="a voting member"
-    if [ "$(wc -l <<< "${members}")" -eq 1 ]; then
+    # Counted without this member's own (just removed) entry.
+    if [ "$(awk -v url="${peer_url}" '$4 != url' <<< "${members}" | wc -l)" -eq 1 ]; then
       learner=(--learner)
       as="a learner"
     fi
@@ -121,8 +122,7 @@ if [ -n "${members}" ]; then
       sleep 2
     done
     log "${added%%$'\n'*} as ${as}"
-    # Taken from the add's own answer: a one-member cluster that just added a second has no
-    # quorum until this member starts, so it could not be asked again.
+    # Taken from the add's own answer, which lists every member with this one named.
     cluster="$(sed -n 's/^ETCD_INITIAL_CLUSTER="\(.*\)"$/\1/p' <<< "${added}")"
     [ -n "${cluster}" ] || { log "member add printed no ETCD_INITIAL_CLUSTER: ${added}"; exit 1; }
   fi
