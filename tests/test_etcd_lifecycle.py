@@ -144,7 +144,7 @@ def test_grow_three_to_five_and_shrink_back_keeps_every_key_and_quorum(
         # highest index first, as the dependencies order the deletions.
         began = time.monotonic()
         for name in ("controller-4", "controller-3"):
-            leave = three.members[name].script(etcd.LEAVE_SCRIPT, timeout=60)
+            leave = three.members[name].script(etcd.LEAVE_SCRIPT, timeout=180)
             assert leave.returncode == 0, leave.stderr
             assert "removed" in leave.stderr
             three.members[name].kill()
@@ -166,15 +166,15 @@ def test_grow_three_to_five_and_shrink_back_keeps_every_key_and_quorum(
 
 def test_leaving_twice_or_as_the_last_member_is_harmless(three: etcd_real.Loopback) -> None:
     member = three.members["controller-2"]
-    first = member.script(etcd.LEAVE_SCRIPT, timeout=60)
+    first = member.script(etcd.LEAVE_SCRIPT, timeout=180)
     assert first.returncode == 0 and "removed" in first.stderr, first.stderr
     member.kill()
     # A delete that runs again (a retried `pulumi destroy`) finds nothing to do.
-    again = member.script(etcd.LEAVE_SCRIPT, timeout=60)
+    again = member.script(etcd.LEAVE_SCRIPT, timeout=180)
     assert again.returncode == 0 and "not a member" in again.stderr, again.stderr
-    three.members["controller-1"].script(etcd.LEAVE_SCRIPT, timeout=60)
+    three.members["controller-1"].script(etcd.LEAVE_SCRIPT, timeout=180)
     three.members["controller-1"].kill()
-    last = three.members["controller-0"].script(etcd.LEAVE_SCRIPT, timeout=60)
+    last = three.members["controller-0"].script(etcd.LEAVE_SCRIPT, timeout=180)
     assert last.returncode == 0 and "the last member" in last.stderr, last.stderr
     assert three.member_names() == {"controller-0"}
 
@@ -182,7 +182,7 @@ def test_leaving_twice_or_as_the_last_member_is_harmless(three: etcd_real.Loopba
 def test_a_removed_member_that_comes_back_joins_as_new(three: etcd_real.Loopback) -> None:
     # controllerCount 3 -> 2 -> 3 with the disk kept by hand: the old member ID is gone for good.
     member = three.members["controller-2"]
-    assert member.script(etcd.LEAVE_SCRIPT, timeout=60).returncode == 0
+    assert member.script(etcd.LEAVE_SCRIPT, timeout=180).returncode == 0
     member.kill()
     membership = member.start()
     assert membership.returncode == 0, membership.stderr
