@@ -1,7 +1,8 @@
-"""Cluster add-ons and the smoke test: kubelet RBAC (KTHW ch. 8), CoreDNS (ch. 12), smoke test (ch. 13)."""
+"""Cluster add-ons and the smoke test: kubelet RBAC (KTHW ch. 8), CoreDNS (ch. 12), metrics-server, ch. 13."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,23 +10,30 @@ from typing import Any
 import pulumi
 import yaml
 
-from components import remote
+from components import bounds, remote, versions
 from components.config import ClusterConfig
+from components.control_plane import AUDIT_LOG
 from components.kubeconfig import ENCRYPTION_KEY_NAME
 from components.network import API_PORT
-from components.render import render
+from components.pki import CertPair
+from components.render import render, to_yaml
 
 NAMESPACE = "kube-system"
 CLUSTER_DOMAIN = "cluster.local"
 DNS_LABELS = {"k8s-app": "kube-dns"}
 # What kubeadm 1.36 installs (its CoreDNSVersion constant); the Corefile below is 1.14's stock one.
 COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.14.2"
-# How long CoreDNS may take to pull and pass its readiness probe once workers are Ready.
-DNS_ROLLOUT_TIMEOUT = "300s"
 
 # The API server reaches kubelets as user "kubernetes" (the CN of its certificate, KTHW ch. 4).
 APISERVER_KUBELET_USER = "kubernetes"
 KUBELET_API_ROLE = "system:kube-apiserver-to-kubelet"
+
+# The metrics API (kthw:metricsServer); the image is the release of the pinned version.
+METRICS_SERVER_IMAGE = f"registry.k8s.io/metrics-server/metrics-server:v{versions.METRICS_SERVER}"
+METRICS_SERVER_PORT = 10250
+METRICS_SERVER_CERTS = "metrics-server-certs"
+METRICS_SERVER_CERTS_DIR = "/etc/metrics-server"
+METRICS_ROLLOUT = f"{NAMESPACE}/metrics-server"
 
 SMOKE_SECRET = "kthw-smoke"
 SMOKE_DEPLOYMENT = "kthw-smoke"
@@ -231,6 +239,36 @@ def render_coredns(config: ClusterConfig) -> str:
     return _dump([service_account, cluster_role, cluster_role_binding, config_map, deployment, service])
 
 
+def render_metrics_server(ca_cert_pem: str) -> str:
+    """metrics-server's objects; its APIService trusts the cluster CA that signed metrics-server's serving cert."""
+    return render(
+        "addons/metrics-server.yaml",
+        version=versions.METRICS_SERVER,
+        image=METRICS_SERVER_IMAGE,
+        port=METRICS_SERVER_PORT,
+        certs_dir=METRICS_SERVER_CERTS_DIR,
+        certs_secret=METRICS_SERVER_CERTS,
+        ca_bundle=base64.b64encode(ca_cert_pem.encode()).decode(),
+    )
+
+
+def metrics_server_certs(ca_cert_pem: str, cert_pem: str, key_pem: str) -> dict[str, Any]:
+    """The Secret metrics-server mounts: its serving pair, and the cluster CA it checks kubelets against."""
+    files = {"ca.crt": ca_cert_pem, "tls.crt": cert_pem, "tls.key": key_pem}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": _meta(METRICS_SERVER_CERTS, namespace=NAMESPACE, labels={"k8s-app": "metrics-server"}),
+        "data": {name: base64.b64encode(content.encode()).decode() for name, content in files.items()},
+    }
+
+
+def metrics_server_manifests(ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
+    """The Secret first (the Deployment mounts it), then the rest: one stream for one `kubectl apply`."""
+    return to_yaml(metrics_server_certs(ca_cert_pem, cert_pem, key_pem)) + "---\n" + render_metrics_server(ca_cert_pem)
+
+
 def render_smoke_manifests() -> str:
     """KTHW ch. 13's nginx deployment and ch. 12's busybox DNS lookup, in the default namespace."""
     labels = {"app": SMOKE_DEPLOYMENT}
@@ -269,11 +307,28 @@ def render_smoke_manifests() -> str:
 
 def apply_script(node: str, step: str, rollout: str = "") -> str:
     """Apply the manifest on stdin as admin on a controller; wait for `namespace/deployment` if given."""
-    return render("addons/apply.sh", node=node, step=step, rollout=rollout, timeout=DNS_ROLLOUT_TIMEOUT)
+    return render(
+        "addons/apply.sh",
+        node=node,
+        step=step,
+        rollout=rollout,
+        apply_seconds=bounds.APPLY_RETRY_SECONDS,
+        rollout_seconds=bounds.DNS_ROLLOUT_SECONDS,
+        kubectl_timeout=bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
+    )
 
 
-def smoke_test_script(config: ClusterConfig, node: str) -> str:
-    """KTHW ch. 13's checks from a controller; the smoke manifests go on its stdin."""
+def smoke_test_script(
+    config: ClusterConfig,
+    node: str,
+    *,
+    check_seconds: int = bounds.SMOKE_CHECK_SECONDS,
+    kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
+) -> str:
+    """KTHW ch. 13's checks from a controller; the smoke manifests go on its stdin.
+
+    Each check waits at most `check_seconds`; tests render short bounds.
+    """
     return render(
         "addons/smoke-test.sh",
         node=node,
@@ -284,12 +339,26 @@ def smoke_test_script(config: ClusterConfig, node: str) -> str:
         deployment=SMOKE_DEPLOYMENT,
         dns_pod=SMOKE_DNS_POD,
         encryption_prefix=ENCRYPTION_PREFIX,
+        # Empty turns a check off: no audit log to look in, no metrics API to ask.
+        audit_log=AUDIT_LOG if config.audit_enabled else "",
+        metrics="true" if config.metrics_server else "",
+        check_seconds=check_seconds,
+        kubectl_timeout=kubectl_timeout,
+        etcdctl_timeout=bounds.ETCDCTL_TIMEOUT_SECONDS,
     )
 
 
-def public_probe_script(config: ClusterConfig, node: str) -> str:
+def public_probe_script(config: ClusterConfig, node: str, *, probe_seconds: int = bounds.PUBLIC_PROBE_SECONDS) -> str:
     """curl the API's /version through the load balancer; the public address goes on stdin."""
-    return render("addons/public-probe.sh", node=node, kubernetes_version=config.versions.kubernetes, port=API_PORT)
+    return render(
+        "addons/public-probe.sh",
+        node=node,
+        kubernetes_version=config.versions.kubernetes,
+        port=API_PORT,
+        probe_seconds=probe_seconds,
+        curl_connect_timeout=bounds.PROBE_CURL.connect_timeout,
+        curl_max_time=bounds.PROBE_CURL.max_time,
+    )
 
 
 # --- components ----------------------------------------------------------------------------------
@@ -303,10 +372,15 @@ class AddonsArgs:
     host: remote.Host  # controller-0
     depends_on: Sequence[pulumi.Resource]  # the control plane is healthy
     workers_ready: Sequence[pulumi.Resource] = ()  # CoreDNS pods need a Ready worker to run on
+    # With kthw:metricsServer: the cluster CA and metrics-server's serving pair (Pki.metrics_server).
+    ca_cert: pulumi.Input[str] | None = None
+    metrics_server_tls: CertPair | None = None
 
 
 class Addons(pulumi.ComponentResource):
-    """The kubelet-API RBAC and CoreDNS, applied with kubectl on a controller."""
+    """The kubelet-API RBAC, CoreDNS and metrics-server, applied with kubectl on a controller."""
+
+    metrics_server: pulumi.Resource | None
 
     def __init__(self, name: str, args: AddonsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kthw:index:Addons", name, None, opts)
@@ -329,7 +403,25 @@ class Addons(pulumi.ComponentResource):
             stdin=render_coredns(args.config),
             depends_on=[self.rbac, *args.depends_on, *args.workers_ready],
         )
-        self.register_outputs({"coredns_image": COREDNS_IMAGE})
+        self.metrics_server = None
+        if args.config.metrics_server:
+            if args.ca_cert is None or args.metrics_server_tls is None:
+                raise ValueError("kthw:metricsServer needs AddonsArgs.ca_cert and metrics_server_tls")
+            tls = args.metrics_server_tls
+            manifests = pulumi.Output.all(args.ca_cert, tls.cert_pem, tls.key_pem).apply(
+                lambda pems: metrics_server_manifests(*pems)
+            )
+            self.metrics_server = remote.run(
+                f"{name}-metrics-server",
+                host,
+                apply_script(host.name, "metrics-server", METRICS_ROLLOUT if args.workers_ready else ""),
+                parent=self,
+                # The Secret carries metrics-server's private key.
+                stdin=manifests,
+                secret_stdin=True,
+                depends_on=[self.rbac, *args.depends_on, *args.workers_ready],
+            )
+        self.register_outputs({"coredns_image": COREDNS_IMAGE, "metrics_server_image": METRICS_SERVER_IMAGE})
 
 
 @dataclass(frozen=True)

@@ -8,23 +8,11 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_gcp import compute
 
-from components import remote
+from components import bounds, remote
 from components.config import ClusterConfig
 from components.network import API_PORT
 from components.render import render
 
-# KTHW's names for the load balancer's pieces.
-HEALTH_CHECK_NAME = "kubernetes"
-HEALTH_CHECK_FIREWALL_NAME = "kubernetes-the-hard-way-allow-health-check"
-
-
-def worker_api_firewall_name(worker: str) -> str:
-    """The rule that lets one worker's external IP reach the API on the public address."""
-    return f"kubernetes-the-hard-way-allow-api-from-{worker}"
-
-
-TARGET_POOL_NAME = "kubernetes-target-pool"
-FORWARDING_RULE_NAME = "kubernetes-forwarding-rule"
 # The Host header the health check sends, and the server_name nginx answers it on.
 HEALTH_CHECK_HOST = "kubernetes.default.svc.cluster.local"
 HEALTH_CHECK_PATH = "/healthz"
@@ -57,7 +45,7 @@ def render_healthz_site(
 
 def install_nginx_script(node: str) -> str:
     """The script that installs nginx on a controller, once."""
-    return render("api-frontend/install-nginx.sh", node=node)
+    return render("api-frontend/install-nginx.sh", node=node, **bounds.apt_values())
 
 
 def target_pool_instances(config: ClusterConfig) -> list[str]:
@@ -83,8 +71,8 @@ class ApiFrontend(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ApiFrontendArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kthw:index:ApiFrontend", name, None, opts)
-        cfg = args.config
-        # Explicit cloud names are fixed by KTHW, so a replacement must delete the old one first.
+        cfg, names = args.config, args.config.names
+        # Explicit cloud names are fixed by config, so a replacement must delete the old one first.
         named = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
 
         site = render_healthz_site()
@@ -107,7 +95,7 @@ class ApiFrontend(pulumi.ComponentResource):
 
         self.health_check = compute.HttpHealthCheck(
             f"{name}-health-check",
-            name=HEALTH_CHECK_NAME,
+            name=names.health_check,
             description="Kubernetes Health Check",
             host=HEALTH_CHECK_HOST,
             request_path=HEALTH_CHECK_PATH,
@@ -116,7 +104,7 @@ class ApiFrontend(pulumi.ComponentResource):
         )
         self.allow_health_check = compute.Firewall(
             f"{name}-allow-health-check",
-            name=HEALTH_CHECK_FIREWALL_NAME,
+            name=names.allow_health_check,
             network=args.network,
             allows=[compute.FirewallAllowArgs(protocol="tcp", ports=[str(HEALTH_CHECK_PORT)])],
             source_ranges=list(HEALTH_CHECK_SOURCE_RANGES),
@@ -130,7 +118,7 @@ class ApiFrontend(pulumi.ComponentResource):
         self.worker_access: dict[str, compute.Firewall] = {
             worker: compute.Firewall(
                 f"{name}-allow-api-from-{worker}",
-                name=worker_api_firewall_name(worker),
+                name=names.worker_api_firewall(worker),
                 network=args.network,
                 allows=[compute.FirewallAllowArgs(protocol="tcp", ports=[str(API_PORT)])],
                 source_ranges=[pulumi.Output.concat(address, "/32")],
@@ -141,7 +129,7 @@ class ApiFrontend(pulumi.ComponentResource):
         }
         self.target_pool = compute.TargetPool(
             f"{name}-target-pool",
-            name=TARGET_POOL_NAME,
+            name=names.target_pool,
             region=cfg.region,
             health_checks=self.health_check.name,
             instances=target_pool_instances(cfg),
@@ -150,7 +138,7 @@ class ApiFrontend(pulumi.ComponentResource):
         )
         self.forwarding_rule = compute.ForwardingRule(
             f"{name}-forwarding-rule",
-            name=FORWARDING_RULE_NAME,
+            name=names.forwarding_rule,
             region=cfg.region,
             ip_address=args.address,
             ip_protocol="TCP",

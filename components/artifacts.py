@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from components import versions
+from components import bounds, versions
 from components.config import ClusterConfig
 from components.render import render
 
@@ -136,8 +136,11 @@ def manifest_line(a: Artifact) -> str:
     return " ".join(fields)
 
 
-def install_script(config: ClusterConfig, node: str, names: Sequence[str]) -> str:
-    """A bash script that downloads, verifies (SHA-256) and installs `names` on `node`, idempotently."""
+def install_script(config: ClusterConfig, node: str, names: Sequence[str], *, curl: bounds.Curl = bounds.CURL) -> str:
+    """A bash script that downloads, verifies (SHA-256) and installs `names` on `node`, idempotently.
+
+    `curl` bounds every download (tests render short bounds to run a hung download for real).
+    """
     if not names:
         raise ValueError("install_script needs at least one artifact name")
     unknown = [n for n in names if n not in NAMES]
@@ -148,4 +151,5 @@ def install_script(config: ClusterConfig, node: str, names: Sequence[str]) -> st
         "common/install-binaries.sh",
         node=node,
         manifest="\n".join(manifest_line(artifact(config, n)) for n in ordered),
+        **curl.template_values(),
     )

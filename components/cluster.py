@@ -176,7 +176,12 @@ class Cluster(pulumi.ComponentResource):
         self.addons = Addons(
             f"{name}-addons",
             AddonsArgs(
-                config=cfg, host=first_controller, depends_on=control_plane_healthy, workers_ready=workers_ready
+                config=cfg,
+                host=first_controller,
+                depends_on=control_plane_healthy,
+                workers_ready=workers_ready,
+                ca_cert=self.pki.ca.cert_pem,
+                metrics_server_tls=self.pki.metrics_server,
             ),
             child,
         )
@@ -191,6 +196,7 @@ class Cluster(pulumi.ComponentResource):
                 depends_on=[
                     self.addons.rbac,
                     self.addons.dns,
+                    *([self.addons.metrics_server] if self.addons.metrics_server else []),
                     *workers_ready,
                     *self.api_frontend.ready,
                     *(step for m in self.etcd for step in (m.leave, m.backup)),

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import hashlib
 import ipaddress
+import itertools
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pulumi
+import yaml
 
 from components import versions
+
+T = TypeVar("T")
+
+# The program's own project file: the one place that declares every kthw: key.
+PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
+NAMESPACE = "kthw"
 
 # Where KTHW puts its nodes inside nodeCidr: controller-i at host .1i, worker-i at host .2i.
 CONTROLLER_HOST_OFFSET = 10
@@ -30,6 +44,18 @@ _PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 # What the example stack files ship with, so a forgotten `pulumi config set gcp:project` is caught here.
 PROJECT_PLACEHOLDER = "your-gcp-project"
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# GCE names resource names with RFC 1035 labels of at most 63 characters.
+GCE_NAME_MAX = 63
+# With this cluster name every GCE name is KTHW's own (VPC kubernetes-the-hard-way, subnet kubernetes, ...).
+DEFAULT_CLUSTER_NAME = "kubernetes-the-hard-way"
+# KTHW's second prefix: the subnet, health check, target pool, forwarding rule and routes start with it.
+KTHW_SHORT_NAME = "kubernetes"
+# The smallest nodeCidr with room for worker-0 at host .20 and GCE's reserved tail.
+MIN_NODE_CIDR_PREFIX = 32 - (WORKER_HOST_OFFSET + GCE_RESERVED_TAIL).bit_length()
+DEFAULT_CIDRS = {"nodeCidr": "10.240.0.0/24", "clusterCidr": "10.200.0.0/16", "serviceCidr": "10.32.0.0/24"}
+# kthw:auditLevel: the audit policy's catch-all level (audit.k8s.io/v1 spelling), or "off" for no audit log.
+AUDIT_OFF = "off"
+AUDIT_LEVELS = ("None", "Metadata", "Request", "RequestResponse")
 # GCS bucket names without dots (dotted names need domain verification): 3-63 characters.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
 
@@ -38,8 +64,119 @@ class ConfigError(ValueError):
     """A stack config value the program refuses, with the key, the value and what is allowed."""
 
     def __init__(self, key: str, value: object, allowed: str) -> None:
-        self.key = key if ":" in key else f"kthw:{key}"
+        self.key = key if ":" in key else f"{NAMESPACE}:{key}"
         super().__init__(f"{self.key} = {value!r} is invalid: {allowed}")
+
+
+class ConfigErrors(pulumi.RunError):
+    """Every problem of a stack's config, one line each.
+
+    A RunError, so the Python language host prints the message alone, with no traceback.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class GceNames:
+    """Every GCE resource name, derived from kthw:clusterName; the default gives KTHW's own names."""
+
+    cluster: str = DEFAULT_CLUSTER_NAME
+
+    @property
+    def is_default(self) -> bool:
+        return self.cluster == DEFAULT_CLUSTER_NAME
+
+    @property
+    def _short(self) -> str:
+        return KTHW_SHORT_NAME if self.is_default else self.cluster
+
+    @property
+    def node_prefix(self) -> str:
+        """KTHW's VMs are plain controller-0, worker-0; another cluster's carry its name in front."""
+        return "" if self.is_default else f"{self.cluster}-"
+
+    @property
+    def network(self) -> str:
+        """The VPC, the API's static address and the network tag every VM carries."""
+        return self.cluster
+
+    @property
+    def subnet(self) -> str:
+        return self._short
+
+    @property
+    def allow_internal(self) -> str:
+        return f"{self.cluster}-allow-internal"
+
+    @property
+    def allow_external(self) -> str:
+        return f"{self.cluster}-allow-external"
+
+    @property
+    def deny_etcd(self) -> str:
+        return f"{self.cluster}-deny-etcd-from-workers"
+
+    @property
+    def allow_health_check(self) -> str:
+        return f"{self.cluster}-allow-health-check"
+
+    def worker_api_firewall(self, worker: str) -> str:
+        """The rule that lets one worker's external IP reach the API on the public address."""
+        return f"{self.cluster}-allow-api-from-{worker.removeprefix(self.node_prefix)}"
+
+    @property
+    def health_check(self) -> str:
+        return self._short
+
+    @property
+    def target_pool(self) -> str:
+        return f"{self._short}-target-pool"
+
+    @property
+    def forwarding_rule(self) -> str:
+        return f"{self._short}-forwarding-rule"
+
+    def route(self, pod_cidr: str) -> str:
+        """KTHW's route name for a pod CIDR: 10.200.1.0/24 -> kubernetes-route-10-200-1-0-24."""
+        return f"{self._short}-route-" + pod_cidr.replace(".", "-").replace("/", "-")
+
+    def node(self, role: str, index: int) -> str:
+        """A VM's name, which is also its hostname, its Kubernetes node name and its certificate's."""
+        return f"{self.node_prefix}{role}-{index}"
+
+    def etcd_disk(self, controller: str) -> str:
+        """A controller's etcd disk, named after its VM (so unique per cluster name): controller-0-etcd."""
+        return f"{controller}-etcd"
+
+    @property
+    def backup_account(self) -> str:
+        """The controllers' service account ID (6-30 characters): KTHW's own, or one per cluster name."""
+        if self.is_default:
+            return "kthw-controllers"
+        return f"kthw-{hashlib.sha256(self.cluster.encode()).hexdigest()[:10]}-etcd"
+
+    def every_name(self, controllers: int, pod_cidrs: Sequence[str]) -> list[str]:
+        """Every GCE name a cluster of this shape uses (workers by their pod CIDRs)."""
+        workers = [self.node("worker", i) for i in range(len(pod_cidrs))]
+        return [
+            self.network,
+            self.subnet,
+            self.allow_internal,
+            self.allow_external,
+            self.deny_etcd,
+            self.allow_health_check,
+            self.health_check,
+            self.target_pool,
+            self.forwarding_rule,
+            *(self.node("controller", i) for i in range(controllers)),
+            *(self.etcd_disk(self.node("controller", i)) for i in range(controllers)),
+            *workers,
+            *(self.worker_api_firewall(w) for w in workers),
+            *(self.route(cidr) for cidr in pod_cidrs),
+        ]
 
 
 @dataclass(frozen=True)
@@ -86,6 +223,13 @@ class ClusterConfig:
     cert_validity_hours: int = 8760
     cert_rotation: int = 0
     etcd_backup_bucket: str | None = None
+    names: GceNames = field(default_factory=GceNames)
+    audit_level: str = "Metadata"  # one of AUDIT_LEVELS, or AUDIT_OFF
+    metrics_server: bool = True
+
+    @property
+    def audit_enabled(self) -> bool:
+        return self.audit_level != AUDIT_OFF
 
     @property
     def nodes(self) -> tuple[NodeSpec, ...]:
@@ -113,150 +257,251 @@ class ClusterConfig:
 
 # --- loading -----------------------------------------------------------------------------------
 
-# Every kthw: key the program reads; Pulumi.yaml declares each with its type and default.
-KEYS = (
-    "controllerCount",
-    "workerCount",
-    "nodeCidr",
-    "clusterCidr",
-    "serviceCidr",
-    "machineType",
-    "controllerMachineType",
-    "workerMachineType",
-    "image",
-    "adminSourceRanges",
-    "kubernetesVersion",
-    "etcdVersion",
-    "containerdVersion",
-    "runcVersion",
-    "cniVersion",
-    "crictlVersion",
-    "sshUser",
-    "binaryMirror",
-    "certValidityHours",
-    "certRotation",
-    "etcdBackupBucket",
-)
 GCP_KEYS = ("project", "region", "zone")
+
+
+@functools.cache
+def declared_keys() -> tuple[str, ...]:
+    """Every kthw: key, as Pulumi.yaml declares it (without the namespace): the one list of valid keys."""
+    declared = yaml.safe_load(PROJECT_FILE.read_text()).get("config") or {}
+    keys = []
+    for key in declared:
+        namespace, _, name = str(key).rpartition(":")
+        if namespace in ("", NAMESPACE):
+            keys.append(name)
+    return tuple(keys)
+
+
+def stack_values() -> dict[str, Any]:
+    """The stack's whole config as the SDK holds it: `namespace:key` -> value (strings, lists as JSON).
+
+    The language host hands the config over in PULUMI_CONFIG and loads it into the runtime's map;
+    an Automation API or test program sets the map directly. Both are read, the map winning.
+    """
+    import pulumi.runtime.config as runtime_config
+
+    return {**pulumi.runtime.get_config_env(), **runtime_config.CONFIG.get()}
 
 
 def from_stack() -> ClusterConfig:
     """Read the current stack's config (kthw: and gcp: namespaces) and validate it."""
-    import pulumi
+    kthw: dict[str, Any] = {}
+    for key in stack_values():
+        namespace, _, name = key.partition(":")
+        if namespace == NAMESPACE:
+            kthw[name] = pulumi.runtime.get_config(key)
+    gcp = pulumi.Config("gcp")
+    return load(kthw, {f"gcp:{key}": gcp.get(key) for key in GCP_KEYS})
 
-    kthw, gcp = pulumi.Config("kthw"), pulumi.Config("gcp")
-    raw: dict[str, Any] = {}
-    for key in KEYS:
-        value = kthw.get(key)
-        if value is not None:
-            raw[key] = value
-    return load(raw, {f"gcp:{key}": gcp.get(key) for key in GCP_KEYS})
+
+class _Problems:
+    """Collects what is wrong with the config, so the user sees every problem at once."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def check(self, parse: Callable[[], T]) -> T | None:
+        """parse()'s value, or None after noting the ConfigError it raised."""
+        try:
+            return parse()
+        except ConfigError as error:
+            self.found.append(str(error))
+            return None
 
 
 def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     """Build and validate a ClusterConfig from plain mappings (the kthw: and gcp: namespaces).
 
     Values may arrive as strings (as `pulumi config set` stores them) or as typed values
-    (as Pulumi.yaml defaults and structured stack files give them).
+    (as Pulumi.yaml defaults and structured stack files give them); "" means unset.
+    Raises ConfigErrors naming every problem; a check that needs a value already refused is skipped.
     """
-    region = _gce_name(gcp, "gcp:region", required=True)
-    zone = _gce_name(gcp, "gcp:zone", required=True)
-    if not zone.startswith(region + "-"):
-        raise ConfigError("gcp:zone", zone, f"a zone of region {region!r}, like {region}-a")
+    problems = _Problems()
+    problems.found.extend(_unknown_keys(cfg))
 
-    node_net = _network(cfg, "nodeCidr", "10.240.0.0/24")
-    cluster_net = _network(cfg, "clusterCidr", "10.200.0.0/16")
-    service_net = _network(cfg, "serviceCidr", "10.32.0.0/24")
-    _no_overlap({"nodeCidr": node_net, "clusterCidr": cluster_net, "serviceCidr": service_net})
+    region = problems.check(lambda: _gce_name(gcp, "gcp:region", required=True))
+    zone = problems.check(lambda: _gce_name(gcp, "gcp:zone", required=True))
+    if region is not None and zone is not None and not zone.startswith(region + "-"):
+        problems.found.append(str(ConfigError("gcp:zone", zone, f"a zone of region {region!r}, like {region}-a")))
 
-    if cluster_net.prefixlen > POD_CIDR_PREFIX:
-        raise ConfigError(
-            "clusterCidr",
-            str(cluster_net),
-            f"a prefix of /{POD_CIDR_PREFIX} or shorter: each worker takes a /{POD_CIDR_PREFIX}",
+    nets = {key: problems.check(functools.partial(_network, cfg, key, DEFAULT_CIDRS[key])) for key in DEFAULT_CIDRS}
+    node_net, cluster_net, service_net = nets["nodeCidr"], nets["clusterCidr"], nets["serviceCidr"]
+    problems.found.extend(_overlaps({k: v for k, v in nets.items() if v is not None}))
+
+    if cluster_net is not None and cluster_net.prefixlen > POD_CIDR_PREFIX:
+        cluster_net = None  # no worker count fits it
+        problems.found.append(
+            str(
+                ConfigError(
+                    "clusterCidr",
+                    cfg.get("clusterCidr"),
+                    f"a prefix of /{POD_CIDR_PREFIX} or shorter: each worker takes a /{POD_CIDR_PREFIX}",
+                )
+            )
         )
-    if service_net.num_addresses <= CLUSTER_DNS_HOST_OFFSET + 1:
-        raise ConfigError(
-            "serviceCidr",
-            str(service_net),
-            f"a range that holds the cluster DNS address (host .{CLUSTER_DNS_HOST_OFFSET}): /28 or larger",
+    if service_net is not None and service_net.num_addresses <= CLUSTER_DNS_HOST_OFFSET + 1:
+        problems.found.append(
+            str(
+                ConfigError(
+                    "serviceCidr",
+                    str(service_net),
+                    f"a range that holds the cluster DNS address (host .{CLUSTER_DNS_HOST_OFFSET}): /28 or larger",
+                )
+            )
         )
 
-    controller_count = _count(
-        cfg,
-        "controllerCount",
-        3,
-        MAX_CONTROLLERS,
-        f"controllers sit at hosts .{CONTROLLER_HOST_OFFSET}-.{WORKER_HOST_OFFSET - 1} of nodeCidr",
-    )
-    max_workers = min(
-        node_net.num_addresses - GCE_RESERVED_TAIL - WORKER_HOST_OFFSET,
-        2 ** (POD_CIDR_PREFIX - cluster_net.prefixlen),
-    )
-    if max_workers < 1:
-        raise ConfigError(
-            "nodeCidr", str(node_net), f"a range with room for workers from host .{WORKER_HOST_OFFSET}: /26 or larger"
+    controller_count = problems.check(
+        lambda: _count(
+            cfg,
+            "controllerCount",
+            3,
+            MAX_CONTROLLERS,
+            f"controllers sit at hosts .{CONTROLLER_HOST_OFFSET}-.{WORKER_HOST_OFFSET - 1} of nodeCidr",
         )
-    worker_count = _count(
-        cfg,
-        "workerCount",
-        3,
-        max_workers,
-        f"nodeCidr {node_net} and clusterCidr {cluster_net} hold at most {max_workers} workers",
+    )
+    max_workers: int | None = None
+    if node_net is not None and node_net.num_addresses - GCE_RESERVED_TAIL - WORKER_HOST_OFFSET < 1:
+        problems.found.append(
+            str(
+                ConfigError(
+                    "nodeCidr",
+                    str(node_net),
+                    f"a range with room for workers from host .{WORKER_HOST_OFFSET} and GCE's "
+                    f"{GCE_RESERVED_TAIL} reserved last addresses: /{MIN_NODE_CIDR_PREFIX} or larger",
+                )
+            )
+        )
+    elif node_net is not None and cluster_net is not None:
+        max_workers = min(
+            node_net.num_addresses - GCE_RESERVED_TAIL - WORKER_HOST_OFFSET,
+            2 ** (POD_CIDR_PREFIX - cluster_net.prefixlen),
+        )
+    worker_count = problems.check(
+        lambda: _count(
+            cfg,
+            "workerCount",
+            3,
+            max_workers,
+            f"nodeCidr {node_net} and clusterCidr {cluster_net} hold at most {max_workers} workers",
+        )
     )
 
-    machine_type = _gce_name(cfg, "machineType", default="e2-standard-2")
-    controller_machine_type = _gce_name(cfg, "controllerMachineType", default=machine_type)
-    worker_machine_type = _gce_name(cfg, "workerMachineType", default=machine_type)
+    machine_type = problems.check(lambda: _gce_name(cfg, "machineType", default="e2-standard-2"))
+    role_machine_types: dict[str, str | None] = {}
+    for key in ("controllerMachineType", "workerMachineType"):
+        if cfg.get(key) or machine_type is not None:  # an unset one follows machineType, if that is valid
+            role_machine_types[key] = problems.check(functools.partial(_gce_name, cfg, key, default=machine_type))
 
     image = str(cfg.get("image") or "ubuntu-os-cloud/ubuntu-2404-lts-amd64")
     if not _IMAGE.match(image):
-        raise ConfigError(
-            "image",
-            image,
-            "an image family or name, optionally as PROJECT/FAMILY (e.g. ubuntu-os-cloud/ubuntu-2404-lts-amd64)",
+        problems.found.append(
+            str(
+                ConfigError(
+                    "image",
+                    image,
+                    "an image family or name, optionally as PROJECT/FAMILY "
+                    "(e.g. ubuntu-os-cloud/ubuntu-2404-lts-amd64)",
+                )
+            )
         )
 
+    ssh_user = str(cfg.get("sshUser") or "kthw")
+    if not _SSH_USER.match(ssh_user) or ssh_user == "root":
+        problems.found.append(
+            str(
+                ConfigError(
+                    "sshUser",
+                    ssh_user,
+                    "a Linux user name other than root: lowercase letters, digits, '_' and '-', at most 32",
+                )
+            )
+        )
+
+    mirror = cfg.get("binaryMirror") or None
+    if mirror is not None and not re.match(r"^https?://[^\s/]+(/\S*)?$", str(mirror)):
+        problems.found.append(
+            str(
+                ConfigError(
+                    "binaryMirror", mirror, "an http(s) URL with no spaces, e.g. https://mirror.example.com/kthw"
+                )
+            )
+        )
+
+    validity = problems.check(lambda: _int(cfg, "certValidityHours", 8760))
+    if validity is not None and not 24 <= validity <= 10 * 8760:
+        problems.found.append(str(ConfigError("certValidityHours", validity, "between 24 hours and ten years (87600)")))
+    rotation = problems.check(lambda: _int(cfg, "certRotation", 0))
+    if rotation is not None and rotation < 0:
+        problems.found.append(
+            str(
+                ConfigError(
+                    "certRotation",
+                    rotation,
+                    "a whole number >= 0; raise it by one to re-issue every leaf certificate",
+                )
+            )
+        )
+
+    bucket = str(cfg.get("etcdBackupBucket") or "") or None
+    if bucket is not None and (not _BUCKET.match(bucket) or bucket.startswith("goog") or "google" in bucket):
+        problems.found.append(
+            str(
+                ConfigError(
+                    "etcdBackupBucket",
+                    bucket,
+                    "a new GCS bucket name: 3-63 lowercase letters, digits, '-' and '_', no 'goog' prefix"
+                    " (empty: no bucket)",
+                )
+            )
+        )
+
+    project = problems.check(lambda: _project(gcp.get("gcp:project")))
+    admin_ranges = _admin_ranges(cfg, problems)
+    component_versions = {
+        field_name: problems.check(functools.partial(_version, cfg, key, default))
+        for field_name, key, default in (
+            ("kubernetes", "kubernetesVersion", versions.KUBERNETES),
+            ("etcd", "etcdVersion", versions.ETCD),
+            ("containerd", "containerdVersion", versions.CONTAINERD),
+            ("runc", "runcVersion", versions.RUNC),
+            ("cni", "cniVersion", versions.CNI),
+            ("crictl", "crictlVersion", versions.CRICTL),
+        )
+    }
+    audit_level = problems.check(functools.partial(_choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS)))
+    metrics_server = problems.check(functools.partial(_bool, cfg, "metricsServer", True))
+    names = problems.check(lambda: _cluster_name(cfg, controller_count, worker_count, cluster_net))
+
+    if problems.found:
+        raise ConfigErrors(problems.found)
+    assert region is not None and zone is not None and names is not None
+    assert node_net is not None and cluster_net is not None and service_net is not None
+    assert controller_count is not None and worker_count is not None and machine_type is not None
+    assert validity is not None and rotation is not None and admin_ranges is not None
+    assert audit_level is not None and metrics_server is not None
+
     controllers = tuple(
-        NodeSpec(f"controller-{i}", "controller", i, str(node_net[CONTROLLER_HOST_OFFSET + i]), controller_machine_type)
+        NodeSpec(
+            names.node("controller", i),
+            "controller",
+            i,
+            str(node_net[CONTROLLER_HOST_OFFSET + i]),
+            role_machine_types["controllerMachineType"] or machine_type,
+        )
         for i in range(controller_count)
     )
     pod_cidrs = cluster_net.subnets(new_prefix=POD_CIDR_PREFIX)
     workers = tuple(
         NodeSpec(
-            f"worker-{i}", "worker", i, str(node_net[WORKER_HOST_OFFSET + i]), worker_machine_type, str(next(pod_cidrs))
+            names.node("worker", i),
+            "worker",
+            i,
+            str(node_net[WORKER_HOST_OFFSET + i]),
+            role_machine_types["workerMachineType"] or machine_type,
+            str(next(pod_cidrs)),
         )
         for i in range(worker_count)
     )
-
-    ssh_user = str(cfg.get("sshUser") or "kthw")
-    if not _SSH_USER.match(ssh_user) or ssh_user == "root":
-        raise ConfigError(
-            "sshUser", ssh_user, "a Linux user name other than root: lowercase letters, digits, '_' and '-', at most 32"
-        )
-
-    mirror = cfg.get("binaryMirror") or None
-    if mirror is not None and not re.match(r"^https?://[^\s/]+(/\S*)?$", str(mirror)):
-        raise ConfigError("binaryMirror", mirror, "an http(s) URL with no spaces, e.g. https://mirror.example.com/kthw")
-
-    validity = _int(cfg, "certValidityHours", 8760)
-    if not 24 <= validity <= 10 * 8760:
-        raise ConfigError("certValidityHours", validity, "between 24 hours and ten years (87600)")
-    rotation = _int(cfg, "certRotation", 0)
-    if rotation < 0:
-        raise ConfigError(
-            "certRotation", rotation, "a whole number >= 0; raise it by one to re-issue every leaf certificate"
-        )
-
-    bucket = str(cfg.get("etcdBackupBucket") or "") or None
-    if bucket is not None and (not _BUCKET.match(bucket) or bucket.startswith("goog") or "google" in bucket):
-        raise ConfigError(
-            "etcdBackupBucket",
-            bucket,
-            "a new GCS bucket name: 3-63 lowercase letters, digits, '-' and '_', no 'goog' prefix (empty: no bucket)",
-        )
-
-    project = _project(gcp.get("gcp:project"))
     return ClusterConfig(
         project=str(project) if project else None,
         region=region,
@@ -265,15 +510,8 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         cluster_cidr=str(cluster_net),
         service_cidr=str(service_net),
         image=image,
-        admin_source_ranges=_admin_ranges(cfg),
-        versions=Versions(
-            kubernetes=_version(cfg, "kubernetesVersion", versions.KUBERNETES),
-            etcd=_version(cfg, "etcdVersion", versions.ETCD),
-            containerd=_version(cfg, "containerdVersion", versions.CONTAINERD),
-            runc=_version(cfg, "runcVersion", versions.RUNC),
-            cni=_version(cfg, "cniVersion", versions.CNI),
-            crictl=_version(cfg, "crictlVersion", versions.CRICTL),
-        ),
+        admin_source_ranges=admin_ranges,
+        versions=Versions(**{k: v for k, v in component_versions.items() if v is not None}),
         controllers=controllers,
         workers=workers,
         ssh_user=ssh_user,
@@ -281,6 +519,9 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         cert_validity_hours=validity,
         cert_rotation=rotation,
         etcd_backup_bucket=bucket,
+        names=names,
+        audit_level=audit_level,
+        metrics_server=metrics_server,
     )
 
 
@@ -331,9 +572,34 @@ def _int(cfg: Mapping[str, Any], key: str, default: int) -> int:
         raise ConfigError(key, raw, "a whole number") from None
 
 
-def _count(cfg: Mapping[str, Any], key: str, default: int, maximum: int, why: str) -> int:
+def _bool(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
+    raw = cfg.get(key, default)
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in ("true", "false"):
+        raise ConfigError(key, raw, "true or false")
+    return text == "true"
+
+
+def _choice(cfg: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    """One of `allowed`, matched case-insensitively and returned as `allowed` spells it."""
+    raw = cfg.get(key) or default
+    by_lower = {a.lower(): a for a in allowed}
+    value = by_lower.get(str(raw).strip().lower())
+    if value is None:
+        raise ConfigError(key, raw, f"one of {', '.join(allowed)}")
+    return value
+
+
+def _count(cfg: Mapping[str, Any], key: str, default: int, maximum: int | None, why: str) -> int:
+    """A count of at least 1; at most `maximum` where that is known (None: it hangs on a value refused)."""
     n = _int(cfg, key, default)
-    if not 1 <= n <= maximum:
+    if maximum is None and n < 1:
+        raise ConfigError(key, n, "at least 1")
+    if maximum is not None and not 1 <= n <= maximum:
         raise ConfigError(key, n, f"between 1 and {maximum} ({why})")
     return n
 
@@ -353,12 +619,72 @@ def _network(cfg: Mapping[str, Any], key: str, default: str) -> ipaddress.IPv4Ne
     return net
 
 
-def _no_overlap(nets: Mapping[str, ipaddress.IPv4Network]) -> None:
+def _overlaps(nets: Mapping[str, ipaddress.IPv4Network]) -> list[str]:
+    """One problem per overlapping pair, under the key the user changed (else the later one), naming both."""
+    found = []
     items = list(nets.items())
     for i, (key_a, net_a) in enumerate(items):
         for key_b, net_b in items[i + 1 :]:
-            if net_a.overlaps(net_b):
-                raise ConfigError(key_b, str(net_b), f"a range that does not overlap {key_a} ({net_a})")
+            if not net_a.overlaps(net_b):
+                continue
+            changed_a, changed_b = (str(net) != DEFAULT_CIDRS[key] for key, net in ((key_a, net_a), (key_b, net_b)))
+            (key, net), (other, other_net) = (
+                ((key_a, net_a), (key_b, net_b)) if changed_a and not changed_b else ((key_b, net_b), (key_a, net_a))
+            )
+            found.append(
+                str(ConfigError(key, str(net), f"a range that does not overlap {NAMESPACE}:{other} ({other_net})"))
+            )
+    return found
+
+
+def _unknown_keys(cfg: Mapping[str, Any]) -> list[str]:
+    """A problem per key Pulumi.yaml does not declare, with the closest declared key (a typo is the usual cause)."""
+    known = declared_keys()
+    by_lower = {k.lower(): k for k in known}
+    found = []
+    for key in sorted(set(cfg) - set(known)):
+        close = difflib.get_close_matches(key.lower(), list(by_lower), n=1)
+        hint = (
+            f"did you mean {NAMESPACE}:{by_lower[close[0]]}?"
+            if close
+            else "Pulumi.yaml declares " + ", ".join(f"{NAMESPACE}:{k}" for k in known)
+        )
+        found.append(f"{NAMESPACE}:{key} is not a known key: {hint}")
+    return found
+
+
+def _cluster_name(
+    cfg: Mapping[str, Any],
+    controllers: int | None,
+    workers: int | None,
+    cluster_net: ipaddress.IPv4Network | None,
+) -> GceNames:
+    """The cluster name every GCE name derives from; each derived name must still be a GCE name."""
+    name = str(cfg.get("clusterName") or DEFAULT_CLUSTER_NAME)
+    if not _GCE_NAME.match(name):
+        raise ConfigError(
+            "clusterName", name, "a GCE name: lowercase letters, digits and '-', starting with a letter, at most 63"
+        )
+    if name == KTHW_SHORT_NAME:
+        raise ConfigError(
+            "clusterName",
+            name,
+            f"a name other than {KTHW_SHORT_NAME!r}: the default cluster's subnet and health check have it",
+        )
+    names = GceNames(name)
+    if controllers is None or workers is None or cluster_net is None:
+        return names  # the length check needs the shape; its own problem is reported already
+    pod_cidrs = [str(net) for net in itertools.islice(cluster_net.subnets(new_prefix=POD_CIDR_PREFIX), workers)]
+    longest = max(names.every_name(controllers, pod_cidrs), key=len)
+    if len(longest) > GCE_NAME_MAX:
+        limit = GCE_NAME_MAX - (len(longest) - len(name))
+        raise ConfigError(
+            "clusterName",
+            name,
+            f"at most {limit} characters for this cluster: the longest GCE name made from it, "
+            f"{longest!r}, must fit in {GCE_NAME_MAX}",
+        )
+    return names
 
 
 def _gce_name(cfg: Mapping[str, Any], key: str, default: str | None = None, required: bool = False) -> str:
@@ -393,19 +719,34 @@ def _project(raw: object) -> str | None:
     return project
 
 
-def _admin_ranges(cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    raw = cfg.get("adminSourceRanges", ["0.0.0.0/0"])
+def _admin_ranges(cfg: Mapping[str, Any], problems: _Problems) -> tuple[str, ...] | None:
+    raw = cfg.get("adminSourceRanges") or ["0.0.0.0/0"]
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError:
-            raise ConfigError("adminSourceRanges", raw, 'a list of CIDRs, e.g. ["203.0.113.0/24"]') from None
+            problems.found.append(
+                str(ConfigError("adminSourceRanges", raw, 'a list of CIDRs, e.g. ["203.0.113.0/24"]'))
+            )
+            return None
     if not isinstance(raw, list) or not raw:
-        raise ConfigError("adminSourceRanges", raw, 'a non-empty list of CIDRs, e.g. ["203.0.113.0/24"]')
-    ranges: list[str] = []
-    for item in raw:
-        try:
-            ranges.append(str(ipaddress.ip_network(str(item), strict=True)))
-        except ValueError:
-            raise ConfigError("adminSourceRanges", item, "an IPv4 or IPv6 CIDR with no host bits set") from None
-    return tuple(ranges)
+        problems.found.append(
+            str(ConfigError("adminSourceRanges", raw, 'a non-empty list of CIDRs, e.g. ["203.0.113.0/24"]'))
+        )
+        return None
+    ranges = [problems.check(functools.partial(_admin_range, item)) for item in raw]
+    return tuple(r for r in ranges if r is not None) if None not in ranges else None
+
+
+def _admin_range(item: object) -> str:
+    try:
+        net = ipaddress.ip_network(str(item), strict=True)
+    except ValueError:
+        raise ConfigError("adminSourceRanges", item, "an IPv4 CIDR with no host bits set") from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise ConfigError(
+            "adminSourceRanges",
+            item,
+            "an IPv4 CIDR: the subnet is IPv4-only, and one GCE firewall rule cannot mix address families",
+        )
+    return str(net)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pulumi
 
-from components import artifacts, remote
-from components.config import ClusterConfig, NodeSpec
+from components import artifacts, bounds, remote
+from components.config import AUDIT_OFF, ClusterConfig, NodeSpec
 from components.kubeconfig import ADMIN_USER, CONTROLLER_MANAGER_USER, SCHEDULER_USER, kubeconfig_output
 from components.pki import CertPair, Pki
 from components.render import render, to_yaml
@@ -22,12 +22,20 @@ CERT_FILE = f"{K8S_DIR}/kubernetes.pem"
 KEY_FILE = f"{K8S_DIR}/kubernetes-key.pem"
 SERVICE_ACCOUNT_CERT = f"{K8S_DIR}/service-account.pem"
 SERVICE_ACCOUNT_KEY = f"{K8S_DIR}/service-account-key.pem"
+FRONT_PROXY_CA_FILE = f"{K8S_DIR}/front-proxy-ca.pem"
+PROXY_CLIENT_CERT = f"{K8S_DIR}/front-proxy-client.pem"
+PROXY_CLIENT_KEY = f"{K8S_DIR}/front-proxy-client-key.pem"
+AUDIT_POLICY = f"{K8S_DIR}/audit-policy.yaml"
 ENCRYPTION_CONFIG = f"{K8S_DIR}/encryption-config.yaml"
 CONTROLLER_MANAGER_KUBECONFIG = f"{K8S_DIR}/kube-controller-manager.kubeconfig"
 SCHEDULER_KUBECONFIG = f"{K8S_DIR}/kube-scheduler.kubeconfig"
 ADMIN_KUBECONFIG = f"{K8S_DIR}/admin.kubeconfig"
 SCHEDULER_CONFIG = "/etc/kubernetes/config/kube-scheduler.yaml"
 AUDIT_LOG = "/var/log/audit.log"
+# Rotation of the audit log: days a rotated file is kept, how many are kept, and the size (MB) that rotates.
+AUDIT_LOG_MAXAGE = 30
+AUDIT_LOG_MAXBACKUP = 10
+AUDIT_LOG_MAXSIZE = 100
 UNIT_DIR = "/etc/systemd/system"
 KUBECTL = f"{artifacts.BIN_DIR}/kubectl"
 
@@ -37,8 +45,6 @@ API_PORT = 6443
 LOCAL_SERVER = f"https://127.0.0.1:{API_PORT}"
 UNITS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 ARTIFACTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
-# How long the health check waits for the API server to answer /healthz and /readyz.
-HEALTH_TIMEOUT_SECONDS = 300
 
 
 # --- pure renderers: config in, file content out (tests call these directly) --------------------
@@ -57,14 +63,95 @@ def service_account_issuer(public_address: str) -> str:
     return f"https://{public_address}:{API_PORT}"
 
 
+# Requests nobody needs in an audit trail, and which would drown it: health probes, and the reads and
+# lease renewals the system components make every few seconds per node.
+_AUDIT_NOISE: tuple[dict[str, Any], ...] = (
+    {"level": "None", "nonResourceURLs": ["/healthz*", "/livez*", "/readyz*", "/version"]},
+    {"level": "None", "resources": [{"group": "", "resources": ["events"]}, {"group": "events.k8s.io"}]},
+    {
+        "level": "None",
+        "users": ["system:kube-proxy"],
+        "verbs": ["watch"],
+        "resources": [
+            {"group": "", "resources": ["endpoints", "services", "services/status"]},
+            {"group": "discovery.k8s.io", "resources": ["endpointslices"]},
+        ],
+    },
+    # users and userGroups in one rule must both match, so nodes and named components are two rules.
+    {
+        "level": "None",
+        "userGroups": ["system:nodes"],
+        "verbs": ["get", "watch", "update"],
+        "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}],
+    },
+    {
+        "level": "None",
+        "users": ["system:kube-controller-manager", "system:kube-scheduler", "system:apiserver"],
+        "verbs": ["get", "watch", "update"],
+        "resources": [
+            {"group": "coordination.k8s.io", "resources": ["leases"]},
+            {"group": "", "resources": ["endpoints"]},
+        ],
+    },
+)
+# Bodies of these hold secrets or credentials: never more than who touched what.
+_AUDIT_METADATA_ONLY: dict[str, Any] = {
+    "level": "Metadata",
+    "resources": [
+        {"group": "", "resources": ["secrets", "configmaps", "serviceaccounts/token"]},
+        {"group": "authentication.k8s.io", "resources": ["tokenreviews"]},
+    ],
+}
+# Who granted what to whom: the request bodies of every RBAC change.
+_AUDIT_RBAC_CHANGES: dict[str, Any] = {
+    "level": "Request",
+    "verbs": ["create", "update", "patch", "delete", "deletecollection"],
+    "resources": [{"group": "rbac.authorization.k8s.io"}],
+}
+
+
+def audit_policy(level: str) -> dict[str, Any]:
+    """The audit Policy (audit.k8s.io/v1): first matching rule wins, `level` catches the rest."""
+    if level == AUDIT_OFF:
+        raise ValueError("auditing is off: there is no policy")
+    return {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        # Every request would otherwise be logged twice, once on arrival and once when answered.
+        "omitStages": ["RequestReceived"],
+        "rules": [*_AUDIT_NOISE, _AUDIT_METADATA_ONLY, _AUDIT_RBAC_CHANGES, {"level": level}],
+    }
+
+
+def render_audit_policy(config: ClusterConfig) -> str:
+    """/var/lib/kubernetes/audit-policy.yaml for kthw:auditLevel."""
+    return to_yaml(audit_policy(config.audit_level))
+
+
+def audit_flags(config: ClusterConfig) -> dict[str, str]:
+    """kube-apiserver's audit flags: none when auditing is off (no policy means no events anyway)."""
+    if not config.audit_enabled:
+        return {}
+    return {
+        "audit-log-maxage": str(AUDIT_LOG_MAXAGE),
+        "audit-log-maxbackup": str(AUDIT_LOG_MAXBACKUP),
+        "audit-log-maxsize": str(AUDIT_LOG_MAXSIZE),
+        "audit-log-path": AUDIT_LOG,
+        "audit-policy-file": AUDIT_POLICY,
+    }
+
+
 def render_api_server_unit(config: ClusterConfig, spec: NodeSpec, public_address: str) -> str:
     """kube-apiserver.service for one controller; its version comment restarts it on an upgrade."""
     return render(
         "control-plane/kube-apiserver.service",
         version=config.versions.kubernetes,
         advertise_address=_controller(spec).internal_ip,
-        audit_log=AUDIT_LOG,
+        audit_flags="".join(f"  --{flag}={value} \\\n" for flag, value in audit_flags(config).items()),
         ca_file=CA_FILE,
+        front_proxy_ca=FRONT_PROXY_CA_FILE,
+        proxy_client_cert=PROXY_CLIENT_CERT,
+        proxy_client_key=PROXY_CLIENT_KEY,
         cert_file=CERT_FILE,
         key_file=KEY_FILE,
         etcd_servers=config.etcd_servers,
@@ -91,9 +178,12 @@ def render_controller_manager_unit(config: ClusterConfig) -> str:
 
 
 def render_scheduler_unit(config: ClusterConfig) -> str:
-    """kube-scheduler.service: everything but its config file's path lives in that file."""
+    """kube-scheduler.service: its config file, and the kubeconfig that checks callers of its secure port."""
     return render(
-        "control-plane/kube-scheduler.service", version=config.versions.kubernetes, config_file=SCHEDULER_CONFIG
+        "control-plane/kube-scheduler.service",
+        version=config.versions.kubernetes,
+        config_file=SCHEDULER_CONFIG,
+        kubeconfig=SCHEDULER_KUBECONFIG,
     )
 
 
@@ -112,15 +202,27 @@ def render_scheduler_config() -> str:
     return to_yaml(scheduler_config())
 
 
-def render_health_script(spec: NodeSpec) -> str:
-    """healthy.sh: wait for the three services and for the local API server's /healthz and /readyz."""
+def render_health_script(
+    spec: NodeSpec,
+    *,
+    timeout_seconds: int = bounds.CONTROL_PLANE_HEALTH_SECONDS,
+    kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
+    kubectl: str = KUBECTL,
+    kubeconfig: str = ADMIN_KUBECONFIG,
+) -> str:
+    """healthy.sh: wait for the three services and for the local API server's /healthz and /readyz.
+
+    The keywords exist for tests, which run the script with short bounds against a real kubectl.
+    """
     return render(
         "control-plane/healthy.sh",
         node=_controller(spec).name,
         units=" ".join(UNITS),
-        kubectl=KUBECTL,
-        kubeconfig=ADMIN_KUBECONFIG,
-        timeout_seconds=HEALTH_TIMEOUT_SECONDS,
+        kubectl=kubectl,
+        kubeconfig=kubeconfig,
+        timeout_seconds=timeout_seconds,
+        kubectl_timeout=kubectl_timeout,
+        systemctl_timeout=bounds.SYSTEMCTL_TIMEOUT_SECONDS,
     )
 
 
@@ -169,9 +271,17 @@ class ControlPlaneNode(pulumi.ComponentResource):
             remote.RemoteFile(SERVICE_ACCOUNT_CERT, pki.service_account.cert_pem),
             remote.RemoteFile(SERVICE_ACCOUNT_KEY, pulumi.Output.secret(pki.service_account.key_pem), 0o600),
             remote.RemoteFile(ENCRYPTION_CONFIG, pulumi.Output.secret(args.encryption_config), 0o600),
+            # The aggregation layer: whom to believe in X-Remote-* headers, and who the API server is to
+            # aggregated API servers.
+            remote.RemoteFile(FRONT_PROXY_CA_FILE, pki.front_proxy_ca.cert_pem),
+            remote.RemoteFile(PROXY_CLIENT_CERT, pki.front_proxy_client.cert_pem),
+            remote.RemoteFile(PROXY_CLIENT_KEY, pulumi.Output.secret(pki.front_proxy_client.key_pem), 0o600),
             # For the health check here, and for kubectl in later steps on this controller.
             remote.RemoteFile(ADMIN_KUBECONFIG, kubeconfig(ADMIN_USER, pki.admin), 0o600),
         ]
+        if cfg.audit_enabled:
+            # In this step's bundle: a policy change restarts the API server and nothing else.
+            api_server_files.append(remote.RemoteFile(AUDIT_POLICY, render_audit_policy(cfg)))
         api_server = remote.deploy(
             f"{name}-kube-apiserver",
             host,

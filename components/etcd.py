@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import remote as command_remote
 
-from components import artifacts, remote
+from components import artifacts, bounds, remote
 from components.config import ClusterConfig, NodeSpec
 from components.node import ETCD_DEVICE_NAME
 from components.pki import CertPair
@@ -69,8 +69,15 @@ def _others(config: ClusterConfig, spec: NodeSpec) -> str:
     return ",".join(client_url(c) for c in config.controllers if c.name != spec.name)
 
 
-def _tls() -> dict[str, str]:
-    return {"etcdctl": ETCDCTL, "ca_file": CA_FILE, "cert_file": CERT_FILE, "key_file": KEY_FILE}
+def _tls(etcdctl_timeout: int = bounds.ETCDCTL_TIMEOUT_SECONDS) -> dict[str, object]:
+    """etcdctl, its credentials, and how long one call may take (`timeout` around it)."""
+    return {
+        "etcdctl": ETCDCTL,
+        "etcdctl_timeout": etcdctl_timeout,
+        "ca_file": CA_FILE,
+        "cert_file": CERT_FILE,
+        "key_file": KEY_FILE,
+    }
 
 
 def render_etcd_unit(config: ClusterConfig, spec: NodeSpec) -> str:
@@ -129,7 +136,12 @@ def render_leave_script(config: ClusterConfig, spec: NodeSpec) -> str:
     """Run on deletion of the member (a shrink, or destroy): `member remove` itself, then stop etcd."""
     endpoints = ",".join([LOCAL_URL, *filter(None, [_others(config, spec)])])
     return render(
-        "etcd/leave.sh", member=_controller(spec).name, peer_url=peer_url(spec), endpoints=endpoints, **_tls()
+        "etcd/leave.sh",
+        member=_controller(spec).name,
+        peer_url=peer_url(spec),
+        endpoints=endpoints,
+        systemctl_timeout=bounds.SYSTEMCTL_TIMEOUT_SECONDS,
+        **_tls(),
     )
 
 
@@ -154,7 +166,10 @@ def render_backup_script(spec: NodeSpec, bucket: str | None) -> str:
         backup_dir=BACKUP_DIR,
         keep=BACKUP_KEEP,
         bucket=bucket or "",
-        **_tls(),
+        **bounds.CURL.template_values(),
+        probe_connect_timeout=bounds.PROBE_CURL.connect_timeout,
+        probe_max_time=bounds.PROBE_CURL.max_time,
+        **_tls(bounds.ETCD_SNAPSHOT_TIMEOUT_SECONDS),
     )
 
 
@@ -185,6 +200,7 @@ def render_disk_script(spec: NodeSpec) -> str:
         data_dir=DATA_DIR,
         unit_name=MOUNT_UNIT,
         mount_unit=render_mount_unit().rstrip("\n"),
+        systemctl_timeout=bounds.SYSTEMCTL_TIMEOUT_SECONDS,
     )
 
 
@@ -274,7 +290,9 @@ class EtcdMember(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[self.started],
-                custom_timeouts=pulumi.CustomTimeouts(delete=remote.STEP_TIMEOUT),
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=remote.STEP_TIMEOUT, update=remote.STEP_TIMEOUT, delete=remote.STEP_TIMEOUT
+                ),
             ),
         )
 

@@ -12,7 +12,6 @@ from components.config import ClusterConfig
 # Objects older than this are deleted by the bucket itself; each controller keeps its newest
 # snapshots on its etcd disk as well (etcd.BACKUP_KEEP).
 BUCKET_RETENTION_DAYS = 30
-ACCOUNT_ID = "kthw-controllers"
 # objectCreator: create objects, nothing else (no read, list, overwrite or delete), on this bucket only.
 WRITER_ROLE = "roles/storage.objectCreator"
 
@@ -47,7 +46,7 @@ class EtcdBackupStore(pulumi.ComponentResource):
         # (which often holds Editor on the whole project).
         self.account = serviceaccount.Account(
             f"{name}-controllers",
-            account_id=ACCOUNT_ID,
+            account_id=cfg.names.backup_account,
             display_name="kthw controllers (etcd snapshot upload)",
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )

@@ -9,17 +9,10 @@ from pulumi_gcp import compute
 
 from components.config import ClusterConfig
 
-NAME = "kubernetes-the-hard-way"
-SUBNET_NAME = "kubernetes"
 API_PORT = 6443
 ETCD_PORTS = "2379-2380"
 # Below the default 1000 of every allow rule here.
 ETCD_DENY_PRIORITY = 900
-
-
-def route_name(pod_cidr: str) -> str:
-    """KTHW's route name for a pod CIDR: 10.200.1.0/24 -> kubernetes-route-10-200-1-0-24."""
-    return "kubernetes-route-" + pod_cidr.replace(".", "-").replace("/", "-")
 
 
 @dataclass(frozen=True)
@@ -30,23 +23,23 @@ class NetworkArgs:
 
 
 class Network(pulumi.ComponentResource):
-    """The VPC `kubernetes-the-hard-way` and everything attached to it before any VM exists."""
+    """The VPC (KTHW's `kubernetes-the-hard-way`) and everything attached to it before any VM exists."""
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kthw:index:Network", name, None, opts)
-        cfg = args.config
-        # Explicit cloud names are fixed by KTHW, so a replacement must delete the old one first.
+        cfg, names = args.config, args.config.names
+        # Explicit cloud names are fixed by config, so a replacement must delete the old one first.
         named = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
 
         self.vpc = compute.Network(
             f"{name}-vpc",
-            name=NAME,
+            name=names.network,
             auto_create_subnetworks=False,
             opts=named,
         )
         self.subnet = compute.Subnetwork(
             f"{name}-subnet",
-            name=SUBNET_NAME,
+            name=names.subnet,
             network=self.vpc.id,
             region=cfg.region,
             ip_cidr_range=cfg.node_cidr,
@@ -55,7 +48,7 @@ class Network(pulumi.ComponentResource):
         # Nodes and pods talk freely among themselves (KTHW ch. 3): every protocol the cluster uses.
         self.allow_internal = compute.Firewall(
             f"{name}-allow-internal",
-            name=f"{NAME}-allow-internal",
+            name=names.allow_internal,
             network=self.vpc.name,
             allows=[
                 compute.FirewallAllowArgs(protocol="tcp"),
@@ -70,7 +63,7 @@ class Network(pulumi.ComponentResource):
         # GCE evaluates the lower priority number first, so this deny wins over allow-internal.
         self.deny_etcd = compute.Firewall(
             f"{name}-deny-etcd",
-            name=f"{NAME}-deny-etcd-from-workers",
+            name=names.deny_etcd,
             network=self.vpc.name,
             priority=ETCD_DENY_PRIORITY,
             denies=[compute.FirewallDenyArgs(protocol="tcp", ports=[ETCD_PORTS])],
@@ -82,19 +75,19 @@ class Network(pulumi.ComponentResource):
         # From outside, only SSH, the API and ping, and only from the admins' ranges.
         self.allow_external = compute.Firewall(
             f"{name}-allow-external",
-            name=f"{NAME}-allow-external",
+            name=names.allow_external,
             network=self.vpc.name,
             allows=[
                 compute.FirewallAllowArgs(protocol="tcp", ports=["22", str(API_PORT)]),
                 compute.FirewallAllowArgs(protocol="icmp"),
             ],
             source_ranges=list(cfg.admin_source_ranges),
-            target_tags=[NAME],
+            target_tags=[names.network],
             opts=named,
         )
         self.public_address = compute.Address(
             f"{name}-public-address",
-            name=NAME,
+            name=names.network,
             region=cfg.region,
             opts=named,
         )
@@ -103,7 +96,7 @@ class Network(pulumi.ComponentResource):
         self.routes = [
             compute.Route(
                 f"{name}-route-{worker.name}",
-                name=route_name(worker.pod_cidr or ""),
+                name=names.route(worker.pod_cidr or ""),
                 network=self.vpc.name,
                 dest_range=worker.pod_cidr or "",
                 next_hop_ip=worker.internal_ip,

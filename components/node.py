@@ -9,9 +9,8 @@ import pulumi
 from pulumi_command import remote as command_remote
 from pulumi_gcp import compute
 
-from components import remote
+from components import bounds, remote
 from components.config import ClusterConfig, NodeSpec
-from components.network import NAME as NETWORK_TAG
 from components.render import render
 
 BOOT_DISK_GB = 20
@@ -20,12 +19,17 @@ BOOT_DISK_GB = 20
 # the guest agent's logging and monitoring need.
 SCOPES = ("logging-write", "monitoring")
 # How long a VM may take from creation to accepting SSH and finishing cloud-init.
-SSH_READY_TIMEOUT = "15m"
+SSH_READY_TIMEOUT = bounds.duration(bounds.SSH_READY_TIMEOUT_SECONDS)
 # Each controller's etcd data lives on a disk of its own that outlives the VM (see Node). SSD-backed
 # balanced PD: etcd is sensitive to fsync latency, and 10 GB is far above its default 2 GB quota.
 ETCD_DISK_GB = 10
 ETCD_DISK_TYPE = "pd-balanced"
 ETCD_DEVICE_NAME = "etcd"  # the guest sees /dev/disk/by-id/google-etcd
+
+
+def ssh_ready_script(node: str, cloud_init_timeout: int = bounds.CLOUD_INIT_TIMEOUT_SECONDS) -> str:
+    """The gate's script: sshd accepts the key, and cloud-init finishes within its bound."""
+    return render("node/ssh-ready.sh", node=node, cloud_init_timeout=cloud_init_timeout)
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class Node(pulumi.ComponentResource):
         if spec.role == "controller":
             self.etcd_disk = compute.Disk(
                 f"{name}-etcd-disk",
-                name=f"{spec.name}-etcd",
+                name=cfg.names.etcd_disk(spec.name),
                 zone=cfg.zone,
                 size=ETCD_DISK_GB,
                 type=ETCD_DISK_TYPE,
@@ -101,7 +105,7 @@ class Node(pulumi.ComponentResource):
                 if args.service_account_email is not None
                 else {"scopes": list(SCOPES)}
             ),
-            tags=[NETWORK_TAG, spec.role],
+            tags=[cfg.names.network, spec.role],
             metadata=metadata,
             attached_disks=attached or None,
             allow_stopping_for_update=True,
@@ -114,14 +118,15 @@ class Node(pulumi.ComponentResource):
         self.ssh_ready = command_remote.Command(
             f"{name}-ssh-ready",
             connection=connection,
-            create=render("node/ssh-ready.sh", node=spec.name),
+            create=ssh_ready_script(spec.name),
             add_previous_output_in_env=False,
             # A replaced VM answers on a new address with an empty disk: the gate, and with it
             # every step that names it in replace_with, runs again.
             triggers=[self.instance.instance_id],
             opts=pulumi.ResourceOptions(
                 parent=self,
-                custom_timeouts=pulumi.CustomTimeouts(create=SSH_READY_TIMEOUT),
+                # A changed script (or a replaced VM) runs the gate again: bound that run too.
+                custom_timeouts=pulumi.CustomTimeouts(create=SSH_READY_TIMEOUT, update=SSH_READY_TIMEOUT),
             ),
         )
         self.host = remote.Host(name=spec.name, connection=connection, ready=self.ssh_ready)

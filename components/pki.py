@@ -34,10 +34,18 @@ CA_SUBJECT: Mapping[str, str] = {
     "province": "Oregon",
 }
 CA_USES = ("cert_signing", "crl_signing", "digital_signature")
+# The aggregation layer's own CA: the API server trusts it only for the front proxy's identity headers
+# (--requestheader-client-ca-file), so a certificate from it is no client certificate for the API.
+FRONT_PROXY_CA_SUBJECT: Mapping[str, str] = {
+    **CA_SUBJECT,
+    "common_name": "front-proxy-ca",
+    "organizational_unit": "Front Proxy CA",
+}
 
 # ECDSA keys sign, they do not encipher: key_encipherment is an RSA-only usage.
 CLIENT_USES = ("digital_signature", "client_auth")
 PEER_USES = ("digital_signature", "client_auth", "server_auth")
+SERVER_USES = ("digital_signature", "server_auth")
 SIGNING_USES = ("digital_signature",)
 
 # The API server's DNS names (KTHW ch. 4 plus kubernetes.default.svc.cluster.local, KTHW #547/#491).
@@ -118,6 +126,29 @@ API_SERVER = Identity(
 )
 
 
+# The API server's client certificate towards aggregated API servers (metrics-server), from the front-proxy CA;
+# they admit only this CN (--requestheader-allowed-names) to name the user in X-Remote-* headers.
+FRONT_PROXY_CLIENT = Identity(
+    "front_proxy_client",
+    "front-proxy-client",
+    "front-proxy-client",
+    "Kubernetes",
+    CLIENT_USES,
+    "API server -> aggregated API servers (request-header authentication)",
+)
+# metrics-server's serving certificate, from the cluster CA: the APIService's caBundle is that CA, so the
+# API server verifies metrics-server by the name it dials (<service>.<namespace>.svc).
+METRICS_SERVER = Identity(
+    "metrics_server",
+    "metrics-server",
+    "metrics-server",
+    "Kubernetes",
+    SERVER_USES,
+    "metrics-server serving (the API server verifies it through the APIService's caBundle)",
+)
+METRICS_SERVER_DNS_NAMES = ("metrics-server.kube-system.svc",)
+
+
 def kubelet_identity(worker: str) -> Identity:
     """The kubelet identity of a worker: the Node authorizer only admits system:node:<name> in system:nodes."""
     return Identity(
@@ -160,6 +191,9 @@ class Pki(pulumi.ComponentResource):
     service_account: CertPair
     api_server: CertPair
     kubelets: dict[str, CertPair]
+    front_proxy_ca: CertPair
+    front_proxy_client: CertPair
+    metrics_server: CertPair | None  # only with kthw:metricsServer
     encryption_key: pulumi.Output[str]
 
     def __init__(self, name: str, args: PkiArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -171,20 +205,8 @@ class Pki(pulumi.ComponentResource):
         self._name = name
         self._config = cfg
 
-        # The CA never rotates: replacing it invalidates every issued certificate and kubeconfig at once.
-        ca_key = self._key("ca", rotate=False)
-        ca_cert = tls.SelfSignedCert(
-            f"{name}-ca",
-            private_key_pem=ca_key.private_key_pem,
-            is_ca_certificate=True,
-            set_subject_key_id=True,
-            subject=tls.SelfSignedCertSubjectArgs(**CA_SUBJECT),
-            allowed_uses=list(CA_USES),
-            validity_period_hours=CA_VALIDITY_HOURS,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        self._ca_key, self._ca_cert = ca_key, ca_cert
-        self.ca = CertPair(ca_cert.cert_pem, pulumi.Output.secret(ca_key.private_key_pem))
+        self._ca_key, self._ca_cert = self._authority("ca", CA_SUBJECT)
+        self.ca = CertPair(self._ca_cert.cert_pem, pulumi.Output.secret(self._ca_key.private_key_pem))
 
         for identity in IDENTITIES:
             setattr(self, identity.attr, self._leaf(identity))
@@ -206,6 +228,15 @@ class Pki(pulumi.ComponentResource):
             for w in cfg.workers
         }
 
+        # The aggregation layer (not in KTHW): its own CA, so that the front proxy's client certificate
+        # is trusted for identity headers and nothing else, and no cluster client cert passes as the proxy.
+        proxy_ca_key, proxy_ca_cert = self._authority("front-proxy-ca", FRONT_PROXY_CA_SUBJECT)
+        self.front_proxy_ca = CertPair(proxy_ca_cert.cert_pem, pulumi.Output.secret(proxy_ca_key.private_key_pem))
+        self.front_proxy_client = self._leaf(FRONT_PROXY_CLIENT, signer=(proxy_ca_key, proxy_ca_cert))
+        self.metrics_server = (
+            self._leaf(METRICS_SERVER, dns_names=METRICS_SERVER_DNS_NAMES) if cfg.metrics_server else None
+        )
+
         # KTHW ch. 6: 32 random bytes for the aescbc provider; created once, never rotated (rotating
         # it would make every stored secret unreadable without a key migration).
         self._encryption_key = random.RandomBytes(
@@ -216,10 +247,27 @@ class Pki(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "ca_cert_pem": self.ca.cert_pem,
+                "front_proxy_ca_cert_pem": self.front_proxy_ca.cert_pem,
                 "api_server_cert_pem": self.api_server.cert_pem,
                 "kubelet_cert_pems": {k: v.cert_pem for k, v in self.kubelets.items()},
             }
         )
+
+    def _authority(self, what: str, subject: Mapping[str, str]) -> tuple[tls.PrivateKey, tls.SelfSignedCert]:
+        # A CA never rotates (certRotation) and its lifetime is fixed (not certValidityHours): replacing
+        # it invalidates every certificate it issued, and every kubeconfig for the cluster CA, at once.
+        key = self._key(what, rotate=False)
+        cert = tls.SelfSignedCert(
+            f"{self._name}-{what}",
+            private_key_pem=key.private_key_pem,
+            is_ca_certificate=True,
+            set_subject_key_id=True,
+            subject=tls.SelfSignedCertSubjectArgs(**subject),
+            allowed_uses=list(CA_USES),
+            validity_period_hours=CA_VALIDITY_HOURS,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return key, cert
 
     def _key(self, what: str, *, rotate: bool) -> tls.PrivateKey:
         # Rotation (certRotation) replaces leaf keys as well as certs: a leaked key must not outlive a rotation.
@@ -238,9 +286,11 @@ class Pki(pulumi.ComponentResource):
         *,
         ip_addresses: Sequence[pulumi.Input[str]] = (),
         dns_names: Sequence[str] = (),
+        signer: tuple[tls.PrivateKey, tls.SelfSignedCert] | None = None,
     ) -> CertPair:
         what = identity.file
         cfg = self._config
+        ca_key, ca_cert = signer or (self._ca_key, self._ca_cert)
         key = self._key(what, rotate=identity.rotate_key)
         request = tls.CertRequest(
             f"{self._name}-{what}-csr",
@@ -261,8 +311,8 @@ class Pki(pulumi.ComponentResource):
         cert = tls.LocallySignedCert(
             f"{self._name}-{what}-cert",
             cert_request_pem=request.cert_request_pem,
-            ca_private_key_pem=self._ca_key.private_key_pem,
-            ca_cert_pem=self._ca_cert.cert_pem,
+            ca_private_key_pem=ca_key.private_key_pem,
+            ca_cert_pem=ca_cert.cert_pem,
             allowed_uses=list(identity.uses),
             validity_period_hours=cfg.cert_validity_hours,
             early_renewal_hours=early_renewal_hours(cfg.cert_validity_hours),

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import remote
 
+from components import bounds
 from components.render import render
 
 # How long one bootstrap step may take (downloads, a cold systemd start) before `pulumi up` fails.
-STEP_TIMEOUT = "20m"
+# The engine does not stop the script then: each script bounds its own waits (components/bounds.py).
+STEP_TIMEOUT = bounds.duration(bounds.STEP_TIMEOUT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -123,18 +125,30 @@ def run(
 
 
 def deploy_script(
-    node: str, step: str, files: Sequence[RemoteFile], units: Sequence[str] = (), *, no_block: bool = False
+    node: str,
+    step: str,
+    files: Sequence[RemoteFile],
+    units: Sequence[str] = (),
+    *,
+    no_block: bool = False,
+    obsolete: Sequence[str] = (),
+    systemctl_timeout: int = bounds.SYSTEMCTL_TIMEOUT_SECONDS,
 ) -> str:
-    """The script of a deploy step: install `files` from a tar on stdin, then (re)start `units`."""
+    """The script of a deploy step: install `files` from a tar on stdin, remove `obsolete`, then (re)start `units`."""
+    clash = {f.path for f in files} & set(obsolete)
+    if clash:
+        raise ValueError(f"{step}: {sorted(clash)} both installed and removed")
     return render(
         "common/deploy.sh",
         node=node,
         step=step,
         units=" ".join(units),
         files="\n".join(f"{f.path} {f.mode:o}" for f in files),
+        obsolete="\n".join(obsolete),
         # etcd's first member blocks in `start` until a quorum exists; --no-block lets every
         # member start at once instead of one waiting on the next.
         restart_flags="--no-block" if no_block else "",
+        systemctl_timeout=systemctl_timeout,
     )
 
 
@@ -146,6 +160,7 @@ def deploy(
     step: str,
     files: Sequence[RemoteFile],
     units: Sequence[str] = (),
+    obsolete: Sequence[str] = (),
     no_block: bool = False,
     secret: bool = True,
     triggers: Sequence[pulumi.Input[object]] | None = None,
@@ -154,12 +169,14 @@ def deploy(
     """Place one service's files on a node and (re)start the service when any of them changed.
 
     One deploy per service keeps restarts local: a new kubelet config restarts the kubelet and
-    nothing else. The bundle is secret by default since most steps carry a private key.
+    nothing else. `obsolete` names files an earlier version of the step wrote and this one
+    replaces: they are removed, and their removal counts as a change. The bundle is secret by
+    default since most steps carry a private key.
     """
     return run(
         resource_name,
         host,
-        deploy_script(host.name, step, files, units, no_block=no_block),
+        deploy_script(host.name, step, files, units, no_block=no_block, obsolete=obsolete),
         parent=parent,
         stdin=bundle(files),
         secret_stdin=secret,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pulumi
 
-from components.config import ClusterConfig, check_controller_shrink
+from components.config import ClusterConfig, ConfigError, ConfigErrors, check_controller_shrink
 from components.etcd import controller_fingerprint
 
 # The stack output that records, per controller, what replaces or restarts its VM.
@@ -67,7 +67,11 @@ def check_previous(config: ClusterConfig) -> pulumi.Output[None]:
     def check(values: list[Any]) -> None:
         fps, controllers = values
         if controllers:
-            check_controller_shrink(len(controllers), len(config.controllers))
+            try:
+                check_controller_shrink(len(controllers), len(config.controllers))
+            except ConfigError as error:
+                # As every config problem: a RunError, one line and no traceback.
+                raise ConfigErrors([str(error)]) from None
         if warning := replacement_warning(replaced_controllers(fps, config), config):
             pulumi.log.warn(warning)
 

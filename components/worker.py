@@ -9,7 +9,7 @@ from typing import Any
 
 import pulumi
 
-from components import artifacts, remote
+from components import artifacts, bounds, remote
 from components.config import ClusterConfig, NodeSpec
 from components.kubeconfig import KUBE_PROXY_USER, kubeconfig_output, kubelet_user
 from components.pki import CertPair
@@ -25,59 +25,98 @@ KUBE_PROXY_KUBECONFIG = "/var/lib/kube-proxy/kubeconfig"
 KUBE_PROXY_CONFIG = "/var/lib/kube-proxy/kube-proxy-config.yaml"
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 CNI_CONF_DIR = "/etc/cni/net.d"
-CNI_BRIDGE_CONF = f"{CNI_CONF_DIR}/10-bridge.conf"
-CNI_LOOPBACK_CONF = f"{CNI_CONF_DIR}/99-loopback.conf"
+# containerd's CRI plugin loads only the lexically first file of conf_dir (max_conf_num = 1): the
+# "05-" prefix sorts ahead of the "10-" names other installers use.
+CNI_CONFLIST = f"{CNI_CONF_DIR}/05-kthw-bridge.conflist"
+# The single-plugin files earlier versions wrote; "10-bridge.conf" would sort first if left behind.
+CNI_OBSOLETE_CONFS = (f"{CNI_CONF_DIR}/10-bridge.conf", f"{CNI_CONF_DIR}/99-loopback.conf")
+# The name the old 10-bridge.conf had: host-local keeps its address leases under
+# /var/lib/cni/networks/<name>, so on an upgraded worker the pods still running keep their
+# addresses out of the pool new pods draw from.
+CNI_NETWORK_NAME = "bridge"
+# Pod loopback is not part of the network list: containerd sets up every sandbox's lo itself, by
+# running the "loopback" plugin from bin_dirs (its use_internal_loopback defaults to false), so the
+# CNI plugins tarball must bring that binary along with the chain's.
+CNI_CHAIN = ("bridge", "portmap")
+CNI_REQUIRED_BINARIES = ("bridge", "host-local", "portmap", "loopback")
 CNI_BIN_DIR = artifacts.CNI_BIN_DIR
 RUNC_PATH = f"{artifacts.BIN_DIR}/runc"
 UNIT_DIR = "/etc/systemd/system"
-CONTAINERD_ENDPOINT = "unix:///var/run/containerd/containerd.sock"
+CONTAINERD_ENDPOINT = "unix:///run/containerd/containerd.sock"
+CRICTL_CONFIG = "/etc/crictl.yaml"
+# Seconds crictl waits for containerd before giving up (its own default is 2, too short on a busy node).
+CRICTL_TIMEOUT_SECONDS = 10
 # The kubelet's resolvConf: a link prepare.sh points at systemd-resolved's upstream list where
 # resolved runs (Ubuntu; its 127.0.0.53 stub is unreachable from pods, which would make CoreDNS
 # forward to itself) and at /etc/resolv.conf where it does not (Debian 12 has no
 # /run/systemd/resolve/resolv.conf, and a missing resolvConf fails every pod sandbox).
 RESOLV_CONF = "/var/lib/kubelet/resolv.conf"
 
-# KTHW ch. 9's OS packages: socat for `kubectl port-forward`, conntrack and ipset for kube-proxy.
-PACKAGES = ("socat", "conntrack", "ipset")
+KUBE_PROXY_MODE = "iptables"
+# KTHW ch. 9's OS packages: socat for `kubectl port-forward`, conntrack and ipset for kube-proxy, and
+# iptables for kube-proxy's iptables mode and the portmap plugin (optional on Debian 12, so not a given).
+PACKAGES = ("socat", "conntrack", "ipset", "iptables")
 KERNEL_MODULES = ("overlay", "br_netfilter")
 SYSCTLS = (("net.bridge.bridge-nf-call-iptables", "1"), ("net.ipv4.ip_forward", "1"))
 ARTIFACTS = ("containerd", "runc", "cni-plugins", "crictl", "kubelet", "kube-proxy", "kubectl")
 # The CNI spec version KTHW uses; CNI plugins 1.9 and containerd 2.x's libcni read 0.1.0 through 1.1.0.
 CNI_SPEC_VERSION = "1.0.0"
-# How long the ready check waits for the services and for the node to report Ready.
-READY_TIMEOUT_SECONDS = 300
 
 
 # --- pure renderers: config in, file content out (tests call these directly) --------------------
 
 
-def _pod_cidr(spec: NodeSpec) -> str:
+def _worker(spec: NodeSpec) -> NodeSpec:
     if spec.role != "worker" or not spec.pod_cidr:
         raise ValueError(f"{spec.name} is not a worker with a pod CIDR")
-    return spec.pod_cidr
+    return spec
 
 
-def render_cni_bridge(spec: NodeSpec) -> str:
-    """10-bridge.conf: pods on the cni0 bridge, addresses from the worker's pod CIDR, NAT to the outside."""
-    conf = {
+def _pod_cidr(spec: NodeSpec) -> str:
+    return str(_worker(spec).pod_cidr)
+
+
+def cni_conflist(spec: NodeSpec) -> dict[str, Any]:
+    """The worker's pod network as one CNI network list: a bridge with host-local IPAM, then portmap."""
+    return {
         "cniVersion": CNI_SPEC_VERSION,
-        "name": "bridge",
-        "type": "bridge",
-        "bridge": "cni0",
-        "isGateway": True,
-        "ipMasq": True,
-        "ipam": {
-            "type": "host-local",
-            "ranges": [[{"subnet": _pod_cidr(spec)}]],
-            "routes": [{"dst": "0.0.0.0/0"}],
-        },
+        "name": CNI_NETWORK_NAME,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": True,
+                "ipMasq": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": _pod_cidr(spec)}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
+            # hostPort support: containerd passes the pod's port mappings to plugins with this capability.
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
     }
-    return json.dumps(conf, indent=2) + "\n"
 
 
-def render_cni_loopback() -> str:
-    """99-loopback.conf: the pod's lo interface."""
-    return json.dumps({"cniVersion": CNI_SPEC_VERSION, "name": "lo", "type": "loopback"}, indent=2) + "\n"
+def render_cni_conflist(spec: NodeSpec) -> str:
+    """05-kthw-bridge.conflist."""
+    return json.dumps(cni_conflist(spec), indent=2) + "\n"
+
+
+def crictl_config() -> dict[str, Any]:
+    """/etc/crictl.yaml: crictl talks to containerd's socket instead of probing (and warning about) others."""
+    return {
+        "runtime-endpoint": CONTAINERD_ENDPOINT,
+        "image-endpoint": CONTAINERD_ENDPOINT,
+        "timeout": CRICTL_TIMEOUT_SECONDS,
+        "debug": False,
+    }
+
+
+def render_crictl_config() -> str:
+    """/etc/crictl.yaml."""
+    return to_yaml(crictl_config())
 
 
 def render_containerd_config() -> str:
@@ -123,16 +162,22 @@ def render_kubelet_config(config: ClusterConfig, spec: NodeSpec) -> str:
     return to_yaml(kubelet_config(config, spec))
 
 
-def render_kube_proxy_config(config: ClusterConfig) -> str:
-    """/var/lib/kube-proxy/kube-proxy-config.yaml."""
-    conf = {
+def kube_proxy_config(config: ClusterConfig, spec: NodeSpec) -> dict[str, Any]:
+    """The worker's KubeProxyConfiguration as a dict."""
+    return {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": KUBE_PROXY_KUBECONFIG},
-        "mode": "iptables",
+        # The Node it serves is the certificate's name, not whatever the image calls its host.
+        "hostnameOverride": _worker(spec).name,
+        "mode": KUBE_PROXY_MODE,
         "clusterCIDR": config.cluster_cidr,
     }
-    return to_yaml(conf)
+
+
+def render_kube_proxy_config(config: ClusterConfig, spec: NodeSpec) -> str:
+    """/var/lib/kube-proxy/kube-proxy-config.yaml."""
+    return to_yaml(kube_proxy_config(config, spec))
 
 
 def render_containerd_unit(config: ClusterConfig) -> str:
@@ -140,13 +185,14 @@ def render_containerd_unit(config: ClusterConfig) -> str:
     return render("worker/containerd.service", version=config.versions.containerd)
 
 
-def render_kubelet_unit(config: ClusterConfig) -> str:
-    """kubelet.service: every setting but the two paths lives in kubelet-config.yaml."""
+def render_kubelet_unit(config: ClusterConfig, spec: NodeSpec) -> str:
+    """kubelet.service: every setting but the two paths and the node name lives in kubelet-config.yaml."""
     return render(
         "worker/kubelet.service",
         version=config.versions.kubernetes,
         config_path=KUBELET_CONFIG,
         kubeconfig_path=KUBELET_KUBECONFIG,
+        node_name=_worker(spec).name,
     )
 
 
@@ -155,7 +201,9 @@ def render_kube_proxy_unit(config: ClusterConfig) -> str:
     return render("worker/kube-proxy.service", version=config.versions.kubernetes, config_path=KUBE_PROXY_CONFIG)
 
 
-def render_prepare_script(spec: NodeSpec) -> str:
+def render_prepare_script(
+    spec: NodeSpec, *, apt_timeout: int = bounds.APT_CALL_TIMEOUT_SECONDS, apt_attempts: int = bounds.APT_ATTEMPTS
+) -> str:
     """prepare.sh: packages, swap off, kernel modules, sysctls and the kubelet's resolv.conf link."""
     return render(
         "worker/prepare.sh",
@@ -164,17 +212,32 @@ def render_prepare_script(spec: NodeSpec) -> str:
         modules=" ".join(KERNEL_MODULES),
         sysctls=" ".join(f"{key}={value}" for key, value in SYSCTLS),
         resolv_conf=RESOLV_CONF,
+        **bounds.apt_values(timeout=apt_timeout, attempts=apt_attempts),
     )
 
 
-def render_ready_script(spec: NodeSpec) -> str:
-    """ready.sh: wait for containerd, kubelet and kube-proxy, then for the node to be Ready."""
+def render_ready_script(
+    spec: NodeSpec,
+    *,
+    timeout_seconds: int = bounds.WORKER_READY_SECONDS,
+    kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
+    units: Sequence[str] = ("containerd", "kubelet", "kube-proxy"),
+    cni_bin_dir: str = CNI_BIN_DIR,
+) -> str:
+    """ready.sh: check the CNI plugins, wait for containerd, kubelet and kube-proxy, then for the node to be Ready.
+
+    The keywords exist for tests, which run the script with short bounds against stand-ins.
+    """
     return render(
         "worker/ready.sh",
         node=spec.name,
-        units="containerd kubelet kube-proxy",
-        timeout_seconds=READY_TIMEOUT_SECONDS,
+        units=" ".join(units),
+        timeout_seconds=timeout_seconds,
+        kubectl_timeout=kubectl_timeout,
+        systemctl_timeout=bounds.SYSTEMCTL_TIMEOUT_SECONDS,
         kubeconfig=KUBELET_KUBECONFIG,
+        cni_plugins=" ".join(CNI_REQUIRED_BINARIES),
+        cni_bin_dir=cni_bin_dir,
     )
 
 
@@ -217,8 +280,8 @@ class WorkerNode(pulumi.ComponentResource):
         # The CNI confs go with containerd: its CRI plugin, not the kubelet, reads them.
         containerd_files = [
             remote.RemoteFile(CONTAINERD_CONFIG, render_containerd_config()),
-            remote.RemoteFile(CNI_BRIDGE_CONF, render_cni_bridge(spec)),
-            remote.RemoteFile(CNI_LOOPBACK_CONF, render_cni_loopback()),
+            remote.RemoteFile(CNI_CONFLIST, render_cni_conflist(spec)),
+            remote.RemoteFile(CRICTL_CONFIG, render_crictl_config()),
             remote.RemoteFile(f"{UNIT_DIR}/containerd.service", render_containerd_unit(cfg)),
         ]
         containerd = remote.deploy(
@@ -227,6 +290,7 @@ class WorkerNode(pulumi.ComponentResource):
             parent=self,
             step="containerd",
             files=containerd_files,
+            obsolete=CNI_OBSOLETE_CONFS,
             units=["containerd"],
             secret=False,  # no key material: keep its output readable
             depends_on=[binaries],
@@ -243,7 +307,7 @@ class WorkerNode(pulumi.ComponentResource):
                 0o600,
             ),
             remote.RemoteFile(KUBELET_CONFIG, render_kubelet_config(cfg, spec)),
-            remote.RemoteFile(f"{UNIT_DIR}/kubelet.service", render_kubelet_unit(cfg)),
+            remote.RemoteFile(f"{UNIT_DIR}/kubelet.service", render_kubelet_unit(cfg, spec)),
         ]
         # The kubelet registers its node on start, so it waits for the API behind the public address.
         kubelet = remote.deploy(
@@ -262,7 +326,7 @@ class WorkerNode(pulumi.ComponentResource):
                 kubeconfig_output(server=server, user=KUBE_PROXY_USER, ca=args.ca, client=args.kube_proxy),
                 0o600,
             ),
-            remote.RemoteFile(KUBE_PROXY_CONFIG, render_kube_proxy_config(cfg)),
+            remote.RemoteFile(KUBE_PROXY_CONFIG, render_kube_proxy_config(cfg, spec)),
             remote.RemoteFile(f"{UNIT_DIR}/kube-proxy.service", render_kube_proxy_unit(cfg)),
         ]
         kube_proxy = remote.deploy(

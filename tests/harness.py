@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests import fake_tls  # noqa: E402
 
-SECRET_SIG = rpc._special_secret_sig  # type: ignore[attr-defined]
-SIG_KEY = rpc._special_sig_key  # type: ignore[attr-defined]
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
 
 # A small cluster in a made-up project; tests override keys as they need.
 BASE_CONFIG: dict[str, str] = {
@@ -287,7 +287,7 @@ def run_components(
     """Run `build` as a Pulumi program in a stack under mocks, with the given config, and record it all.
 
     Config keys without a namespace are kthw's; BASE_CONFIG fills in the rest. What `build` returns is ignored.
-    Raises whatever the program raises (a ConfigError for bad config), after the runtime is reset.
+    Raises whatever the program raises (ConfigErrors for bad config), after the runtime is reset.
     """
     global _watched
     full = {**BASE_CONFIG, **{k if ":" in k else f"kthw:{k}": v for k, v in (config or {}).items()}}
@@ -313,7 +313,7 @@ def run_components(
     _watched = watched
     try:
         mocks.set_mocks(
-            monitor.mocks,  # type: ignore[arg-type]
+            monitor.mocks,
             project="kthw",
             stack=_stack_name(),
             preview=preview,

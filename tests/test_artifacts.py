@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,13 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components import artifacts, config, versions  # noqa: E402
+from tests.tools import require_tool  # noqa: E402
 
 GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
 NODE = "controller-0"
-SHELLCHECK = shutil.which("shellcheck")
-needs_shellcheck = pytest.mark.skipif(
-    SHELLCHECK is None, reason="shellcheck is not installed (apt-get install -y shellcheck)"
-)
 
 # Versions nobody pins, so the script must read the checksum files the fake mirror publishes.
 UNPINNED = {
@@ -160,13 +156,12 @@ def test_version_change_changes_the_script() -> None:
     assert a != b and "v1.36.5" in b
 
 
-@needs_shellcheck
 @pytest.mark.parametrize("mirror", [None, "http://127.0.0.1:8080/m"])
 def test_rendered_script_passes_shellcheck(tmp_path: Path, mirror: str | None) -> None:
     kthw: dict[str, object] = {"binaryMirror": mirror} if mirror else {}
     script = tmp_path / "install.sh"
     script.write_text(artifacts.install_script(default_config(**kthw), NODE, artifacts.NAMES))
-    result = subprocess.run([str(SHELLCHECK), "-s", "bash", str(script)], capture_output=True, text=True)
+    result = subprocess.run([require_tool("shellcheck"), "-s", "bash", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

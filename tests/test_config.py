@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import pulumi
 import pytest
 
 from components import config
-from components.config import ConfigError
+from components.config import ConfigErrors
 from tests.harness import run_program
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
@@ -46,14 +48,14 @@ def test_values_arrive_as_strings_from_the_cli() -> None:
         nodeCidr="192.168.10.0/24",
         clusterCidr="172.16.0.0/16",
         serviceCidr="10.96.0.0/20",
-        adminSourceRanges='["198.51.100.0/24", "2001:db8::/32"]',
+        adminSourceRanges='["198.51.100.0/24", "192.0.2.7/32"]',
         kubernetesVersion="v1.35.2",
     )
     assert cfg.workers[4].internal_ip == "192.168.10.24"
     assert cfg.workers[4].pod_cidr == "172.16.4.0/24"
     assert cfg.kubernetes_service_ip == "10.96.0.1"
     assert cfg.cluster_dns_ip == "10.96.0.10"
-    assert cfg.admin_source_ranges == ("198.51.100.0/24", "2001:db8::/32")
+    assert cfg.admin_source_ranges == ("198.51.100.0/24", "192.0.2.7/32")
     assert cfg.versions.kubernetes == "1.35.2"
 
 
@@ -72,8 +74,22 @@ BAD = [
     ({"adminSourceRanges": '["10.0.0.0/33"]'}, "kthw:adminSourceRanges = '10.0.0.0/33' is invalid"),
     ({"adminSourceRanges": "0.0.0.0/0"}, "kthw:adminSourceRanges = '0.0.0.0/0' is invalid: a list of CIDRs"),
     ({"adminSourceRanges": "[]"}, "kthw:adminSourceRanges = [] is invalid: a non-empty list"),
+    # one GCE firewall rule holds one address family, and the subnet is IPv4-only
+    (
+        {"adminSourceRanges": '["2001:db8::/32"]'},
+        "kthw:adminSourceRanges = '2001:db8::/32' is invalid: an IPv4 CIDR: the subnet is IPv4-only, "
+        "and one GCE firewall rule cannot mix address families",
+    ),
+    (
+        {"adminSourceRanges": '["198.51.100.0/24", "::/0"]'},
+        "kthw:adminSourceRanges = '::/0' is invalid: an IPv4 CIDR: the subnet is IPv4-only",
+    ),
     # prefixes that cannot hold the nodes
-    ({"nodeCidr": "10.240.0.0/28"}, "kthw:nodeCidr = '10.240.0.0/28' is invalid: a range with room for workers"),
+    (
+        {"nodeCidr": "10.240.0.0/28"},
+        "kthw:nodeCidr = '10.240.0.0/28' is invalid: a range with room for workers from host .20 and GCE's 2 "
+        "reserved last addresses: /27 or larger",
+    ),
     ({"nodeCidr": "10.240.0.0/27", "workerCount": "11"}, "kthw:workerCount = 11 is invalid: between 1 and 10"),
     ({"clusterCidr": "10.200.0.0/23", "workerCount": "3"}, "kthw:workerCount = 3 is invalid: between 1 and 2"),
     ({"clusterCidr": "10.200.0.0/25"}, "kthw:clusterCidr = '10.200.0.0/25' is invalid: a prefix of /24 or shorter"),
@@ -84,15 +100,21 @@ BAD = [
     # overlapping ranges
     (
         {"clusterCidr": "10.240.0.0/16"},
-        "kthw:clusterCidr = '10.240.0.0/16' is invalid: a range that does not overlap nodeCidr",
+        "kthw:clusterCidr = '10.240.0.0/16' is invalid: a range that does not overlap kthw:nodeCidr (10.240.0.0/24)",
+    ),
+    # the key the user changed is the one named, with the one it collides with
+    (
+        {"nodeCidr": "10.200.0.0/24"},
+        "kthw:nodeCidr = '10.200.0.0/24' is invalid: a range that does not overlap kthw:clusterCidr (10.200.0.0/16)",
     ),
     (
         {"serviceCidr": "10.200.5.0/24"},
-        "kthw:serviceCidr = '10.200.5.0/24' is invalid: a range that does not overlap clusterCidr",
+        "kthw:serviceCidr = '10.200.5.0/24' is invalid: a range that does not overlap kthw:clusterCidr (10.200.0.0/16)",
     ),
     # counts
     ({"controllerCount": "0"}, "kthw:controllerCount = 0 is invalid: between 1 and 10"),
     ({"controllerCount": "11"}, "kthw:controllerCount = 11 is invalid: between 1 and 10"),
+    ({"workerCount": "0"}, "kthw:workerCount = 0 is invalid: between 1 and 234"),
     ({"workerCount": "-1"}, "kthw:workerCount = -1 is invalid: between 1 and"),
     ({"workerCount": "300"}, "kthw:workerCount = 300 is invalid: between 1 and 234"),
     ({"workerCount": "three"}, "kthw:workerCount = 'three' is invalid: a whole number"),
@@ -107,6 +129,21 @@ BAD = [
     ({"binaryMirror": "ftp://mirror"}, "kthw:binaryMirror = 'ftp://mirror' is invalid: an http(s) URL"),
     ({"certValidityHours": "1"}, "kthw:certValidityHours = 1 is invalid: between 24 hours and ten years"),
     ({"certRotation": "-1"}, "kthw:certRotation = -1 is invalid"),
+    # the cluster name every GCE name derives from
+    ({"clusterName": "Dev"}, "kthw:clusterName = 'Dev' is invalid: a GCE name"),
+    (
+        {"clusterName": "kubernetes"},
+        "kthw:clusterName = 'kubernetes' is invalid: a name other than 'kubernetes': the default cluster's subnet "
+        "and health check have it",
+    ),
+    (
+        {"clusterName": "a" * 40},
+        f"kthw:clusterName = '{'a' * 40}' is invalid: at most 39 characters for this cluster: the longest GCE name "
+        f"made from it, '{'a' * 40}-allow-api-from-worker-0', must fit in 63",
+    ),
+    # a typo in a key is caught, not silently replaced by the default
+    ({"workercount": "5"}, "kthw:workercount is not a known key: did you mean kthw:workerCount?"),
+    ({"AdminSourceRange": "[]"}, "kthw:AdminSourceRange is not a known key: did you mean kthw:adminSourceRanges?"),
 ]
 
 
@@ -114,8 +151,9 @@ BAD = [
     ("values", "message"), BAD, ids=[next(iter(v)) + "=" + str(next(iter(v.values()))) for v, _ in BAD]
 )
 def test_bad_config_names_key_value_and_rule(values: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigErrors) as caught:
         load(**values)
+    assert len(caught.value.problems) == 1, caught.value.problems
     assert str(caught.value).startswith(message), str(caught.value)
 
 
@@ -129,15 +167,104 @@ def test_bad_config_names_key_value_and_rule(values: dict[str, str], message: st
     ],
 )
 def test_bad_gcp_settings(gcp: dict[str, str | None], message: str) -> None:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ConfigErrors) as caught:
         config.load({}, {**GCP, **gcp})
     assert str(caught.value).startswith(message), str(caught.value)
 
 
 def test_bad_config_stops_the_program_before_any_resource() -> None:
-    with pytest.raises(ConfigError, match=re.escape("kthw:nodeCidr = '10.240.0.0/33' is invalid")) as caught:
+    with pytest.raises(ConfigErrors, match=re.escape("kthw:nodeCidr = '10.240.0.0/33' is invalid")) as caught:
         run_program({"nodeCidr": "10.240.0.0/33"})
     assert caught.value.registered == []  # type: ignore[attr-defined]
+
+
+def test_every_problem_is_one_line_of_one_run_error() -> None:
+    """The language host prints a RunError's message alone (any other exception comes with a traceback)."""
+    with pytest.raises(ConfigErrors) as caught:
+        load(workerCount="0", sshUser="root", kubernetesVersion="latest", certValidityHours="x", machineTyp="e2")
+    assert isinstance(caught.value, pulumi.RunError)
+    assert (
+        str(caught.value).splitlines()
+        == caught.value.problems
+        == [
+            "kthw:machineTyp is not a known key: did you mean kthw:machineType?",
+            "kthw:workerCount = 0 is invalid: between 1 and 234 "
+            "(nodeCidr 10.240.0.0/24 and clusterCidr 10.200.0.0/16 hold at most 234 workers)",
+            "kthw:sshUser = 'root' is invalid: a Linux user name other than root: "
+            "lowercase letters, digits, '_' and '-', at most 32",
+            "kthw:certValidityHours = 'x' is invalid: a whole number",
+            "kthw:kubernetesVersion = 'latest' is invalid: a release version like 1.32.3 (a leading 'v' is allowed)",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "problems"),
+    [
+        # workerCount's limit hangs on nodeCidr: only its own lower bound is checked
+        ({"nodeCidr": "banana", "workerCount": "500"}, ["kthw:nodeCidr = 'banana' is invalid: an IPv4 CIDR"]),
+        ({"clusterCidr": "10.200.0.0/25", "workerCount": "2"}, ["kthw:clusterCidr = '10.200.0.0/25' is invalid"]),
+        (
+            {"nodeCidr": "banana", "workerCount": "0"},
+            ["kthw:nodeCidr = 'banana' is invalid", "kthw:workerCount = 0 is invalid: at least 1"],
+        ),
+        # unset per-role types follow machineType: one problem, not three
+        ({"machineType": "E2"}, ["kthw:machineType = 'E2' is invalid"]),
+        (
+            {"machineType": "E2", "workerMachineType": "N2"},
+            ["kthw:machineType = 'E2'", "kthw:workerMachineType = 'N2'"],
+        ),
+        # the zone is checked against the region only when the region is valid
+        ({"gcp:region": "US"}, ["gcp:region = 'US' is invalid"]),
+    ],
+)
+def test_a_check_that_needs_a_refused_value_is_skipped(values: dict[str, str], problems: list[str]) -> None:
+    gcp = {**GCP, **{k: v for k, v in values.items() if k.startswith("gcp:")}}
+    with pytest.raises(ConfigErrors) as caught:
+        config.load({k: v for k, v in values.items() if ":" not in k}, gcp)
+    assert len(caught.value.problems) == len(problems), caught.value.problems
+    for line, start in zip(caught.value.problems, problems, strict=True):
+        assert line.startswith(start), line
+
+
+def test_the_smallest_node_cidr_the_message_names_is_accepted() -> None:
+    cfg = load(nodeCidr="10.240.0.0/27", workerCount="10", controllerCount="1")
+    assert cfg.workers[-1].internal_ip == "10.240.0.29"  # .30 is GCE's reserved, .31 the broadcast
+    assert config.MIN_NODE_CIDR_PREFIX == 27
+
+
+def test_the_valid_keys_are_pulumi_yamls() -> None:
+    """Pulumi.yaml is the one list of keys; the message lists them when no key is close."""
+    assert "workerCount" in config.declared_keys()
+    with pytest.raises(ConfigErrors) as caught:
+        load(zzzzzzzz="1")
+    assert caught.value.problems == [
+        "kthw:zzzzzzzz is not a known key: Pulumi.yaml declares "
+        + ", ".join(f"kthw:{k}" for k in config.declared_keys())
+    ]
+
+
+def test_unknown_keys_stop_the_program_under_the_sdks_config() -> None:
+    """from_stack sees every key of the stack's config, not only the ones it asks for."""
+    with pytest.raises(ConfigErrors) as caught:
+        run_program({"workercount": "5"})
+    assert caught.value.problems == ["kthw:workercount is not a known key: did you mean kthw:workerCount?"]
+    assert caught.value.registered == []  # type: ignore[attr-defined]
+
+
+def test_from_stack_reads_the_config_the_language_host_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's language host hands the config over as PULUMI_CONFIG; keys there are checked too."""
+    pulumi.runtime.set_all_config({})
+    monkeypatch.setenv(
+        "PULUMI_CONFIG",
+        json.dumps({**GCP, "kthw:workerCount": "2", "kthw:clustername": "dev", "other:key": "x"}),
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        config.from_stack()
+    assert caught.value.problems == ["kthw:clustername is not a known key: did you mean kthw:clusterName?"]
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps({**GCP, "kthw:workerCount": "2", "kthw:clusterName": "dev"}))
+    cfg = config.from_stack()
+    assert [w.name for w in cfg.workers] == ["dev-worker-0", "dev-worker-1"]
 
 
 def test_even_controller_count_is_allowed_with_a_quorum_warning() -> None:
@@ -153,3 +280,29 @@ def test_even_controller_count_is_allowed_with_a_quorum_warning() -> None:
 
 def test_odd_controller_count_warns_nothing(small) -> None:  # type: ignore[no-untyped-def]
     assert small.warnings == []
+
+
+def test_audit_level_and_metrics_server_defaults_and_spellings() -> None:
+    cfg = load()
+    assert (cfg.audit_level, cfg.audit_enabled, cfg.metrics_server) == ("Metadata", True, True)
+    # The CLI stores strings; a structured stack file gives booleans. Levels keep audit.k8s.io's spelling.
+    cfg = load(auditLevel="requestresponse", metricsServer="false")
+    assert (cfg.audit_level, cfg.metrics_server) == ("RequestResponse", False)
+    assert load(auditLevel="None").audit_enabled  # level None still logs what the policy's own rules name
+    off = load(auditLevel="OFF", metricsServer=False)
+    assert (off.audit_level, off.audit_enabled, off.metrics_server) == ("off", False, False)
+    assert load(metricsServer="True").metrics_server is True
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "rule"),
+    [
+        ("auditLevel", "verbose", "one of off, None, Metadata, Request, RequestResponse"),
+        ("metricsServer", "yes", "true or false"),
+        ("metricsServer", "1", "true or false"),
+    ],
+)
+def test_audit_level_and_metrics_server_refuse_bad_values(key: str, value: str, rule: str) -> None:
+    with pytest.raises(ConfigErrors) as error:
+        load(**{key: value})
+    assert str(error.value) == f"kthw:{key} = {value!r} is invalid: {rule}"

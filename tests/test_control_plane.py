@@ -7,10 +7,12 @@ import shlex
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pytest
 import yaml
+from cryptography import x509
 from pulumi_command import remote as command_remote
 
 from components import config as config_module
@@ -19,7 +21,6 @@ from components import etcd, remote
 from components.config import ClusterConfig
 from components.kubeconfig import encryption_config_output
 from components.pki import Pki, PkiArgs
-from components.render import render
 from tests.harness import Recording, bundle, run_components
 from tests.tools import directives, shellcheck, verify_unit
 
@@ -82,12 +83,14 @@ def test_api_server_unit(spec: config_module.NodeSpec) -> None:
         "advertise-address": spec.internal_ip,
         "allow-privileged": "true",
         "audit-log-maxage": "30",
-        "audit-log-maxbackup": "3",
+        "audit-log-maxbackup": "10",
         "audit-log-maxsize": "100",
         "audit-log-path": "/var/log/audit.log",
+        "audit-policy-file": f"{k8s}/audit-policy.yaml",
         "authorization-mode": "Node,RBAC",
         "bind-address": "0.0.0.0",
         "client-ca-file": f"{k8s}/ca.pem",
+        "enable-aggregator-routing": "true",
         "enable-admission-plugins": (
             "NamespaceLifecycle,NodeRestriction,LimitRanger,ServiceAccount,DefaultStorageClass,ResourceQuota"
         ),
@@ -100,6 +103,13 @@ def test_api_server_unit(spec: config_module.NodeSpec) -> None:
         "kubelet-certificate-authority": f"{k8s}/ca.pem",
         "kubelet-client-certificate": f"{k8s}/kubernetes.pem",
         "kubelet-client-key": f"{k8s}/kubernetes-key.pem",
+        "proxy-client-cert-file": f"{k8s}/front-proxy-client.pem",
+        "proxy-client-key-file": f"{k8s}/front-proxy-client-key.pem",
+        "requestheader-allowed-names": "front-proxy-client",
+        "requestheader-client-ca-file": f"{k8s}/front-proxy-ca.pem",
+        "requestheader-extra-headers-prefix": "X-Remote-Extra-",
+        "requestheader-group-headers": "X-Remote-Group",
+        "requestheader-username-headers": "X-Remote-User",
         "service-account-key-file": f"{k8s}/service-account.pem",
         "service-account-signing-key-file": f"{k8s}/service-account-key.pem",
         "service-account-issuer": "https://203.0.113.7:6443",
@@ -149,9 +159,16 @@ def test_controller_manager_unit() -> None:
 def test_scheduler_unit_and_config() -> None:
     unit = cp.render_scheduler_unit(CONFIG)
     assert unit.startswith("# kthw: kube-scheduler 1.36.4\n")
+    kubeconfig = "/var/lib/kubernetes/kube-scheduler.kubeconfig"
     assert flag_dict(unit) == (
         "/usr/local/bin/kube-scheduler",
-        {"config": "/etc/kubernetes/config/kube-scheduler.yaml", "v": "2"},
+        {
+            "config": "/etc/kubernetes/config/kube-scheduler.yaml",
+            # Flags only: KubeSchedulerConfiguration has no field for them.
+            "authentication-kubeconfig": kubeconfig,
+            "authorization-kubeconfig": kubeconfig,
+            "v": "2",
+        },
     )
     assert yaml.safe_load(cp.render_scheduler_config()) == {
         "apiVersion": "kubescheduler.config.k8s.io/v1",
@@ -222,13 +239,8 @@ def _run_health(tmp_path: Path, kubectl_answer: str, timeout: int) -> subprocess
     for stub, body in stubs.items():
         (bin_dir / stub).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / stub).chmod(0o755)
-    script = render(
-        "control-plane/healthy.sh",
-        node="controller-2",
-        units=" ".join(cp.UNITS),
-        kubectl=str(bin_dir / "kubectl"),
-        kubeconfig="/var/lib/kubernetes/admin.kubeconfig",
-        timeout_seconds=timeout,
+    script = cp.render_health_script(
+        CONTROLLERS[2], timeout_seconds=timeout, kubectl_timeout=10, kubectl=str(bin_dir / "kubectl")
     )
     path = tmp_path / "healthy.sh"
     path.write_text(script)
@@ -390,7 +402,17 @@ def test_control_plane_deploys(wired: Recording, spec: config_module.NodeSpec) -
         f"{k8s}/service-account-key.pem": 0o600,
         f"{k8s}/encryption-config.yaml": 0o600,
         f"{k8s}/admin.kubeconfig": 0o600,
+        f"{k8s}/front-proxy-ca.pem": 0o644,
+        f"{k8s}/front-proxy-client.pem": 0o644,
+        f"{k8s}/front-proxy-client-key.pem": 0o600,
+        f"{k8s}/audit-policy.yaml": 0o644,
     }
+    assert files[f"{k8s}/audit-policy.yaml"][0] == cp.render_audit_policy(CONFIG)
+    proxy_ca = x509.load_pem_x509_certificate(files[f"{k8s}/front-proxy-ca.pem"][0].encode())
+    proxy_client = x509.load_pem_x509_certificate(files[f"{k8s}/front-proxy-client.pem"][0].encode())
+    proxy_client.verify_directly_issued_by(proxy_ca)
+    assert proxy_client.subject.rfc4514_string().startswith("CN=front-proxy-client")
+    assert "PRIVATE KEY" in files[f"{k8s}/front-proxy-client-key.pem"][0]
     assert files["/etc/systemd/system/kube-apiserver.service"][0] == cp.render_api_server_unit(CONFIG, spec, PUBLIC)
     encryption = yaml.safe_load(files[f"{k8s}/encryption-config.yaml"][0])
     assert encryption["kind"] == "EncryptionConfiguration"
@@ -435,3 +457,139 @@ def test_api_server_serves_no_alpha_apis() -> None:
     """KTHW's --runtime-config=api/all=true would switch on every alpha API: needless attack surface."""
     unit = cp.render_api_server_unit(CONFIG, CONTROLLERS[0], PUBLIC)
     assert "--runtime-config" not in unit
+
+
+# --- audit logging and the aggregation layer (beyond KTHW) ------------------------------------------
+
+AUDIT_FLAGS = {"audit-log-maxage", "audit-log-maxbackup", "audit-log-maxsize", "audit-log-path", "audit-policy-file"}
+# audit.k8s.io/v1 PolicyRule's fields and GroupResources' fields; the API server refuses any other.
+POLICY_RULE_FIELDS = {
+    "level", "users", "userGroups", "verbs", "resources", "namespaces", "nonResourceURLs", "omitStages",
+    "omitManagedFields",
+}  # fmt: skip
+GROUP_RESOURCES_FIELDS = {"group", "resources", "resourceNames"}
+
+
+def audit_off() -> ClusterConfig:
+    return config_module.load({"controllerCount": 3, "workerCount": 1, "auditLevel": "off"}, GCP)
+
+
+def test_audit_off_drops_every_audit_flag_and_nothing_else() -> None:
+    _, on = flag_dict(cp.render_api_server_unit(CONFIG, CONTROLLERS[0], PUBLIC))
+    _, off = flag_dict(cp.render_api_server_unit(audit_off(), CONTROLLERS[0], PUBLIC))
+    assert on.keys() >= AUDIT_FLAGS
+    assert not [flag for flag in off if flag.startswith("audit-")]
+    assert {k: v for k, v in on.items() if k not in AUDIT_FLAGS} == off
+    with pytest.raises(ValueError, match="off"):
+        cp.audit_policy("off")
+
+
+@pytest.mark.parametrize("level", ["None", "Metadata", "Request", "RequestResponse"])
+def test_audit_policy_shape(level: str) -> None:
+    cfg = config_module.load({"auditLevel": level}, GCP)
+    policy = yaml.safe_load(cp.render_audit_policy(cfg))
+    assert (policy["apiVersion"], policy["kind"]) == ("audit.k8s.io/v1", "Policy")
+    assert policy["omitStages"] == ["RequestReceived"]
+    assert policy["rules"][-1] == {"level": level}  # the catch-all is the chosen level
+    for rule in policy["rules"]:
+        assert set(rule) <= POLICY_RULE_FIELDS, rule
+        assert rule["level"] in ("None", "Metadata", "Request", "RequestResponse"), rule
+        # The API server refuses a rule that names both resources and non-resource URLs.
+        assert not ("resources" in rule and "nonResourceURLs" in rule), rule
+        for group in rule.get("resources", []):
+            assert set(group) <= GROUP_RESOURCES_FIELDS and "group" in group, rule
+        assert all(verb == verb.lower() for verb in rule.get("verbs", [])), rule
+
+
+def _matches(rule: dict[str, Any], request: dict[str, Any]) -> bool:
+    """audit.k8s.io/v1 rule matching as the API server's policy checker does it (every given field must match)."""
+    if rule.get("users") and request["user"] not in rule["users"]:
+        return False
+    if rule.get("userGroups") and not set(rule["userGroups"]) & set(request.get("groups", [])):
+        return False
+    if rule.get("verbs") and request["verb"] not in rule["verbs"]:
+        return False
+    if "path" in request:
+        if "resources" in rule:
+            return False
+        urls = rule.get("nonResourceURLs")
+        return urls is None or any(
+            request["path"] == u or (u.endswith("*") and request["path"].startswith(u[:-1])) for u in urls
+        )
+    if "nonResourceURLs" in rule:
+        return False
+    if "resources" not in rule:
+        return True
+    group, resource = request["group"], request["resource"]
+    return any(
+        g["group"] == group and (not g.get("resources") or resource in g["resources"]) for g in rule["resources"]
+    )
+
+
+def audit_level_of(policy: dict[str, Any], request: dict[str, Any]) -> str:
+    return next(r["level"] for r in policy["rules"] if _matches(r, request))
+
+
+ADMIN = ("admin", ["system:masters"])
+KUBELET = ("system:node:worker-0", ["system:nodes"])
+# (user, groups, verb, API group, resource) -> the level the policy must give, or None for the catch-all.
+AUDIT_CASES: list[tuple[tuple[str, list[str]], str, str, str, str | None]] = [
+    # Bodies of secrets, config and tokens are never logged, whatever the catch-all.
+    (ADMIN, "get", "", "secrets", "Metadata"),
+    (ADMIN, "create", "", "secrets", "Metadata"),
+    (ADMIN, "create", "", "configmaps", "Metadata"),
+    (KUBELET, "create", "", "serviceaccounts/token", "Metadata"),
+    (
+        ("system:serviceaccount:kube-system:metrics-server", []),
+        "create",
+        "authentication.k8s.io",
+        "tokenreviews",
+        "Metadata",
+    ),
+    # Who changed RBAC, with what.
+    (ADMIN, "create", "rbac.authorization.k8s.io", "clusterrolebindings", "Request"),
+    (ADMIN, "delete", "rbac.authorization.k8s.io", "roles", "Request"),
+    # Noise.
+    (KUBELET, "update", "coordination.k8s.io", "leases", "None"),
+    (("system:kube-scheduler", []), "get", "coordination.k8s.io", "leases", "None"),
+    (("system:kube-proxy", []), "watch", "discovery.k8s.io", "endpointslices", "None"),
+    (KUBELET, "create", "", "events", "None"),
+    # The rest takes the chosen level: an RBAC read, a pod, a kubelet deleting a lease.
+    (ADMIN, "get", "rbac.authorization.k8s.io", "roles", None),
+    (ADMIN, "create", "", "pods", None),
+    (KUBELET, "delete", "coordination.k8s.io", "leases", None),
+]
+
+
+@pytest.mark.parametrize("level", ["None", "Metadata", "RequestResponse"])
+def test_audit_policy_levels_per_request(level: str) -> None:
+    policy = cp.audit_policy(level)
+    for (user, groups), verb, group, resource, want in AUDIT_CASES:
+        request = {"user": user, "groups": groups, "verb": verb, "group": group, "resource": resource}
+        assert audit_level_of(policy, request) == (want or level), request
+    for path in ("/healthz", "/livez", "/readyz/etcd", "/version"):
+        assert audit_level_of(policy, {"user": "system:anonymous", "verb": "get", "path": path}) == "None", path
+    assert audit_level_of(policy, {"user": "admin", "verb": "get", "path": "/metrics"}) == level
+
+
+def test_audit_off_deploys_no_policy_and_on_restarts_only_the_api_server() -> None:
+    on, off = build(), build(audit_off())
+    k8s = "/var/lib/kubernetes"
+    for spec in CONTROLLERS:
+        assert f"{k8s}/audit-policy.yaml" in bundle(on.by_name(f"{spec.name}-cp-kube-apiserver"))
+        assert f"{k8s}/audit-policy.yaml" not in bundle(off.by_name(f"{spec.name}-cp-kube-apiserver"))
+        # The front-proxy files stay: the aggregation layer is not tied to auditing.
+        assert f"{k8s}/front-proxy-client-key.pem" in bundle(off.by_name(f"{spec.name}-cp-kube-apiserver"))
+    # The policy travels in the API server's bundle: the other services' steps are the same either way.
+    changed = {r.name for r in on.resources if r.inputs != off.by_name(r.name).inputs}
+    assert changed == {f"{s.name}-cp-{step}" for s in CONTROLLERS for step in ("kube-apiserver", "healthy")}
+
+
+def test_controller_manager_takes_no_requestheader_flags() -> None:
+    """It reads the request-header CA from kube-system/extension-apiserver-authentication, as metrics-server does."""
+    _, flags = flag_dict(cp.render_controller_manager_unit(CONFIG))
+    assert not [f for f in flags if f.startswith(("requestheader-", "proxy-client-"))]
+
+
+def test_systemd_analyze_verify_api_server_without_audit(tmp_path: Path) -> None:
+    verify_unit("kube-apiserver", cp.render_api_server_unit(audit_off(), CONTROLLERS[0], PUBLIC), tmp_path)

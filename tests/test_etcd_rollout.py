@@ -139,7 +139,8 @@ def test_shrink_rule(before: int, after: int, allowed: bool) -> None:
 
 def test_a_shrink_below_a_majority_fails_the_program() -> None:
     last = cached(HA)
-    with pytest.raises(config_module.ConfigError, match="3 controllers run now"):
+    # ConfigErrors, a RunError: the CLI prints the line without a traceback.
+    with pytest.raises(config_module.ConfigErrors, match="3 controllers run now"):
         run_program({"controllerCount": "1", "workerCount": "1"}, preview=True, previous_outputs=previous(last))
     # One at a time is fine.
     run_program({"controllerCount": "2", "workerCount": "1"}, preview=True, previous_outputs=previous(last))
@@ -160,6 +161,7 @@ _GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw
 def test_a_bucket_gets_a_writer_account_for_the_controllers_only() -> None:
     rec = cached({**HA, "etcdBackupBucket": "kthw-test-etcd-snapshots"})
     (bucket,) = rec.of_type("gcp:storage/bucket:Bucket")
+    assert rec.of_type("gcp:serviceaccount/account:Account")[0].inputs["accountId"] == "kthw-controllers"
     assert bucket.inputs["name"] == "kthw-test-etcd-snapshots"
     assert bucket.inputs["publicAccessPrevention"] == "enforced" and bucket.inputs["uniformBucketLevelAccess"]
     (account,) = rec.of_type("gcp:serviceaccount/account:Account")
@@ -187,7 +189,7 @@ def _bundle_text(rec: Any) -> str:
 
 @pytest.mark.parametrize("name", ["Bad_Bucket", "goog-snapshots", "a", "my.dotted.bucket", "x" * 64])
 def test_bad_bucket_names_are_refused(name: str) -> None:
-    with pytest.raises(config_module.ConfigError, match="kthw:etcdBackupBucket"):
+    with pytest.raises(config_module.ConfigErrors, match="kthw:etcdBackupBucket"):
         config_module.load({"etcdBackupBucket": name}, _GCP)
 
 
@@ -253,3 +255,15 @@ def test_the_mount_unit_names_the_device_and_the_mount_point() -> None:
     unit = etcd.render_mount_unit()
     assert "What=/dev/disk/by-id/google-etcd\n" in unit and "Where=/var/lib/etcd\n" in unit
     assert etcd.DATA_DIR.startswith(etcd.MOUNT_POINT + "/") and etcd.BACKUP_DIR.startswith(etcd.MOUNT_POINT + "/")
+
+
+def test_another_cluster_name_gets_its_own_disks_and_account() -> None:
+    """Two clusters in one project: the etcd disks and the controllers' account must not collide."""
+    names = config_module.GceNames("blue")
+    rec = cached({**HA, "clusterName": "blue", "etcdBackupBucket": "kthw-blue-etcd-snapshots"})
+    disks = sorted(d.inputs["name"] for d in rec.of_type("gcp:compute/disk:Disk"))
+    assert disks == ["blue-controller-0-etcd", "blue-controller-1-etcd", "blue-controller-2-etcd"]
+    (account,) = rec.of_type("gcp:serviceaccount/account:Account")
+    assert account.inputs["accountId"] == names.backup_account != config_module.GceNames().backup_account
+    assert 6 <= len(names.backup_account) <= 30
+    assert names.backup_account != config_module.GceNames("green").backup_account

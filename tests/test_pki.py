@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from components.config import ClusterConfig
 from components.pki import CertPair, Pki, PkiArgs
 from tests import fake_tls
 from tests.harness import Recording, run_components, watch
+from tests.tools import require_tool
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
 PUBLIC_ADDRESS = "203.0.113.100"
@@ -61,7 +61,11 @@ def pki_outputs(pki: Pki) -> dict[str, pulumi.Output[Any]]:
         "api_server": pki.api_server,
         **{i.attr: getattr(pki, i.attr) for i in pki_mod.IDENTITIES},
         **{f"kubelet:{w}": pair for w, pair in pki.kubelets.items()},
+        "front_proxy_ca": pki.front_proxy_ca,
+        "front_proxy_client": pki.front_proxy_client,
     }
+    if pki.metrics_server is not None:
+        pairs["metrics_server"] = pki.metrics_server
     out: dict[str, pulumi.Output[Any]] = {}
     for label, pair in pairs.items():
         out[f"{label}.cert"] = pair.cert_pem
@@ -92,7 +96,13 @@ def cert(run: Recording, label: str) -> x509.Certificate:
 
 
 def leaf_labels(cfg: ClusterConfig) -> list[str]:
-    return ["api_server", *(i.attr for i in pki_mod.IDENTITIES), *(f"kubelet:{w.name}" for w in cfg.workers)]
+    """Every leaf the cluster CA signs (the front-proxy client is the front-proxy CA's)."""
+    extra = ["metrics_server"] if cfg.metrics_server else []
+    return ["api_server", *(i.attr for i in pki_mod.IDENTITIES), *(f"kubelet:{w.name}" for w in cfg.workers), *extra]
+
+
+def all_leaf_labels(cfg: ClusterConfig) -> list[str]:
+    return [*leaf_labels(cfg), "front_proxy_client"]
 
 
 def names(c: x509.Certificate, oid: x509.ObjectIdentifier) -> list[str]:
@@ -163,7 +173,7 @@ def test_every_leaf_is_issued_by_the_ca(shaped: tuple[ClusterConfig, Recording])
     ca = cert(run, "ca")
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     labels = leaf_labels(cfg)
-    assert len(labels) == 6 + len(cfg.workers)
+    assert len(labels) == 7 + len(cfg.workers)
     for label in labels:
         leaf = cert(run, label)
         leaf.verify_directly_issued_by(ca)
@@ -245,7 +255,7 @@ def test_each_worker_has_its_kubelet_cert(shaped: tuple[ClusterConfig, Recording
 
 def test_private_keys_and_encryption_key_are_secret(shaped: tuple[ClusterConfig, Recording]) -> None:
     cfg, run = shaped
-    for label in ["ca", *leaf_labels(cfg)]:
+    for label in ["ca", "front_proxy_ca", *all_leaf_labels(cfg)]:
         assert run.values[f"{label}.key"].secret, label
         assert "PRIVATE KEY" in run.values[f"{label}.key"].value, label
         assert not run.values[f"{label}.cert"].secret, label  # certs are public: previews can show them
@@ -259,21 +269,24 @@ def test_private_keys_and_encryption_key_are_secret(shaped: tuple[ClusterConfig,
 def test_keys_are_ecdsa_p256_and_leaf_material_rotates(shaped: tuple[ClusterConfig, Recording]) -> None:
     cfg, run = shaped
     keys = run.of_type(fake_tls.PRIVATE_KEY)
-    assert len(keys) == 1 + len(leaf_labels(cfg))
+    assert len(keys) == 2 + len(all_leaf_labels(cfg))
     for reg in keys:
         assert (reg.inputs["algorithm"], reg.inputs["ecdsaCurve"]) == ("ECDSA", "P256"), reg.name
-        # Rotation keeps the CA's key, and the key that signs service-account tokens (it would void them all).
-        expected = None if reg.name in ("kthw-pki-ca-key", "kthw-pki-service-account-key") else 0.0
+        # Rotation keeps the CAs' keys, and the key that signs service-account tokens (it would void them all).
+        kept = ("kthw-pki-ca-key", "kthw-pki-front-proxy-ca-key", "kthw-pki-service-account-key")
+        expected = None if reg.name in kept else 0.0
         assert reg.options["replacement_trigger"] == expected, reg.name
     certs = run.of_type(fake_tls.LOCALLY_SIGNED_CERT)
-    assert len(certs) == len(leaf_labels(cfg))
+    assert len(certs) == len(all_leaf_labels(cfg))
     for reg in certs:
         assert reg.options["replacement_trigger"] == 0.0, reg.name
         assert reg.inputs["validityPeriodHours"] == cfg.cert_validity_hours
         assert reg.inputs["earlyRenewalHours"] == pki_mod.early_renewal_hours(cfg.cert_validity_hours)
-    (ca,) = run.of_type(fake_tls.SELF_SIGNED_CERT)
-    assert ca.options["replacement_trigger"] is None
-    assert ca.inputs["validityPeriodHours"] == pki_mod.CA_VALIDITY_HOURS
+    cas = run.of_type(fake_tls.SELF_SIGNED_CERT)
+    assert sorted(ca.name for ca in cas) == ["kthw-pki-ca", "kthw-pki-front-proxy-ca"]
+    for ca in cas:
+        assert ca.options["replacement_trigger"] is None, ca.name
+        assert ca.inputs["validityPeriodHours"] == pki_mod.CA_VALIDITY_HOURS, ca.name
     (enc,) = run.of_type(fake_tls.RANDOM_BYTES)
     assert enc.inputs["length"] == 32 and enc.options["replacement_trigger"] is None
 
@@ -287,9 +300,11 @@ def test_resource_names_are_stable() -> None:
         "kthw-pki",
         "kthw-pki-ca-key",
         "kthw-pki-ca",
+        "kthw-pki-front-proxy-ca-key",
+        "kthw-pki-front-proxy-ca",
         *(
             f"kthw-pki-{stem}-{suffix}"
-            for stem in (*LEAF_STEMS, "kubernetes", "worker-0", "worker-1")
+            for stem in (*LEAF_STEMS, "kubernetes", "worker-0", "worker-1", "front-proxy-client", "metrics-server")
             for suffix in ("key", "csr", "cert")
         ),
         "kthw-pki-encryption-key",
@@ -306,6 +321,11 @@ def test_rotation_changes_only_the_trigger() -> None:
     assert rotated.by_name("kthw-pki-ca-key").options["replacement_trigger"] is None
     assert rotated.by_name("kthw-pki-service-account-key").options["replacement_trigger"] is None
     assert rotated.by_name("kthw-pki-admin-key").options["replacement_trigger"] == 2.0
+    assert rotated.by_name("kthw-pki-front-proxy-client-key").options["replacement_trigger"] == 2.0
+    assert rotated.by_name("kthw-pki-front-proxy-client-cert").options["replacement_trigger"] == 2.0
+    assert rotated.by_name("kthw-pki-metrics-server-cert").options["replacement_trigger"] == 2.0
+    assert rotated.by_name("kthw-pki-front-proxy-ca-key").options["replacement_trigger"] is None
+    assert rotated.by_name("kthw-pki-front-proxy-ca").options["replacement_trigger"] is None
 
 
 def test_two_evaluations_register_identical_inputs() -> None:
@@ -313,7 +333,8 @@ def test_two_evaluations_register_identical_inputs() -> None:
     first, second = build_pki(cfg), build_pki(cfg)
     tls_first = {r.name: r.inputs for r in first.resources if r.type in TLS_TYPES}
     tls_second = {r.name: r.inputs for r in second.resources if r.type in TLS_TYPES}
-    assert len(tls_first) == 2 + 3 * 8 + 1  # CA key + cert, 8 leaves x (key, csr, cert), encryption key
+    # two CAs (key + cert), 10 leaves x (key, csr, cert), the encryption key
+    assert len(tls_first) == 2 * 2 + 3 * 10 + 1
     assert tls_first == tls_second
     assert {k: v.value for k, v in first.values.items()} == {k: v.value for k, v in second.values.items()}
 
@@ -399,7 +420,7 @@ def test_fake_tls_private_key_formats() -> None:
 
 def write_bundle(cfg: ClusterConfig, run: Recording, directory: Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
-    for label in ["ca", *leaf_labels(cfg)]:
+    for label in ["ca", "front_proxy_ca", *all_leaf_labels(cfg)]:
         stem = label.replace(":", "-")
         paths[label] = directory / f"{stem}.pem"
         paths[label].write_text(run.values[f"{label}.cert"].value)
@@ -407,13 +428,13 @@ def write_bundle(cfg: ClusterConfig, run: Recording, directory: Path) -> dict[st
     return paths
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, Recording], tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
     cfg, run = shaped
     paths = write_bundle(cfg, run, tmp_path)
     for label in leaf_labels(cfg):
         result = subprocess.run(
-            ["openssl", "verify", "-x509_strict", "-CAfile", str(paths["ca"]), str(paths[label])],
+            [openssl, "verify", "-x509_strict", "-CAfile", str(paths["ca"]), str(paths[label])],
             capture_output=True,
             text=True,
             check=False,
@@ -422,7 +443,7 @@ def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, Recordi
         assert result.stdout.strip() == f"{paths[label]}: OK", label
     for label, purpose in [("api_server", "sslserver"), ("api_server", "sslclient"), ("admin", "sslclient")]:
         result = subprocess.run(
-            ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(paths["ca"]), str(paths[label])],
+            [openssl, "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(paths["ca"]), str(paths[label])],
             capture_output=True,
             text=True,
             check=False,
@@ -431,7 +452,7 @@ def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, Recordi
     # A client-only cert must not pass as a server cert.
     result = subprocess.run(
         [
-            "openssl",
+            openssl,
             "verify",
             "-x509_strict",
             "-purpose",
@@ -447,31 +468,31 @@ def test_openssl_strict_verifies_every_leaf(shaped: tuple[ClusterConfig, Recordi
     assert result.returncode != 0
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_openssl_reads_keys_and_api_server_hosts(shaped: tuple[ClusterConfig, Recording], tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
     cfg, run = shaped
     paths = write_bundle(cfg, run, tmp_path)
     for label in ["ca", *leaf_labels(cfg)]:
         key_path = tmp_path / f"{label.replace(':', '-')}-key.pem"
-        result = subprocess.run(["openssl", "pkey", "-in", str(key_path), "-pubout"], capture_output=True, text=True)
+        result = subprocess.run([openssl, "pkey", "-in", str(key_path), "-pubout"], capture_output=True, text=True)
         assert result.returncode == 0, (label, result.stderr)
         cert_pub = subprocess.run(
-            ["openssl", "x509", "-in", str(paths[label]), "-noout", "-pubkey"], capture_output=True, text=True
+            [openssl, "x509", "-in", str(paths[label]), "-noout", "-pubkey"], capture_output=True, text=True
         )
         assert result.stdout == cert_pub.stdout, label
     hosts = [*pki_mod.API_SERVER_DNS_NAMES]
     ips = ["10.32.0.1", "127.0.0.1", PUBLIC_ADDRESS, *(c.internal_ip for c in cfg.controllers)]
     for host in hosts:
-        args = ["openssl", "verify", "-x509_strict", "-CAfile", str(paths["ca"]), "-verify_hostname", host]
+        args = [openssl, "verify", "-x509_strict", "-CAfile", str(paths["ca"]), "-verify_hostname", host]
         result = subprocess.run([*args, str(paths["api_server"])], capture_output=True, text=True)
         assert result.returncode == 0, (host, result.stderr)
     for ip in ips:
         assert ipaddress.ip_address(ip)
-        args = ["openssl", "verify", "-x509_strict", "-CAfile", str(paths["ca"]), "-verify_ip", ip]
+        args = [openssl, "verify", "-x509_strict", "-CAfile", str(paths["ca"]), "-verify_ip", ip]
         result = subprocess.run([*args, str(paths["api_server"])], capture_output=True, text=True)
         assert result.returncode == 0, (ip, result.stderr)
     result = subprocess.run(
-        ["openssl", "verify", "-CAfile", str(paths["ca"]), "-verify_ip", "10.240.0.99", str(paths["api_server"])],
+        [openssl, "verify", "-CAfile", str(paths["ca"]), "-verify_ip", "10.240.0.99", str(paths["api_server"])],
         capture_output=True,
         text=True,
     )
@@ -499,3 +520,90 @@ def test_watch_works_only_inside_a_run_and_once_per_name() -> None:
     values = run_components(plain_and_secret).values
     assert (values["plain"].value, values["plain"].secret, values["plain"].known) == ("a", False, True)
     assert (values["secret"].value, values["secret"].secret, values["secret"].known) == ("b", True, True)
+
+
+# --- the aggregation layer's PKI and metrics-server's serving certificate ---------------------------
+
+
+def test_front_proxy_ca_is_its_own_ca(shaped: tuple[ClusterConfig, Recording]) -> None:
+    _, run = shaped
+    proxy_ca, cluster_ca = cert(run, "front_proxy_ca"), cert(run, "ca")
+    assert proxy_ca.subject == proxy_ca.issuer
+    assert names(proxy_ca, NameOID.COMMON_NAME) == ["front-proxy-ca"]
+    assert names(proxy_ca, NameOID.ORGANIZATIONAL_UNIT_NAME) == ["Front Proxy CA"]
+    assert proxy_ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
+    assert key_usage(proxy_ca) == {"key_cert_sign", "crl_sign", "digital_signature"}
+    # Its own key, not the cluster CA's under another name.
+    assert proxy_ca.public_key() != cluster_ca.public_key()
+    lifetime = proxy_ca.not_valid_after_utc - proxy_ca.not_valid_before_utc
+    assert lifetime == datetime.timedelta(hours=pki_mod.CA_VALIDITY_HOURS)
+
+
+def test_front_proxy_client_is_a_client_cert_from_the_front_proxy_ca(shaped: tuple[ClusterConfig, Recording]) -> None:
+    cfg, run = shaped
+    leaf, proxy_ca = cert(run, "front_proxy_client"), cert(run, "front_proxy_ca")
+    leaf.verify_directly_issued_by(proxy_ca)
+    with pytest.raises(ValueError, match="subject does not match"):
+        leaf.verify_directly_issued_by(cert(run, "ca"))
+    assert names(leaf, NameOID.COMMON_NAME) == ["front-proxy-client"]
+    assert ext_key_usage(leaf) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert key_usage(leaf) == {"digital_signature"}
+    assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    assert lifetime == datetime.timedelta(hours=cfg.cert_validity_hours)
+    key = serialization.load_pem_private_key(run.values["front_proxy_client.key"].value.encode(), None)
+    assert key.public_key() == leaf.public_key()
+
+
+def test_metrics_server_cert_serves_its_service_name(shaped: tuple[ClusterConfig, Recording]) -> None:
+    _, run = shaped
+    leaf = cert(run, "metrics_server")
+    leaf.verify_directly_issued_by(cert(run, "ca"))
+    assert names(leaf, NameOID.COMMON_NAME) == ["metrics-server"]
+    # The aggregator dials <service>.<namespace>.svc and checks the name against the APIService's caBundle.
+    assert sans(leaf) == ([], ["metrics-server.kube-system.svc"])
+    assert ext_key_usage(leaf) == {ExtendedKeyUsageOID.SERVER_AUTH}
+
+
+def test_leaf_validity_follows_config_for_the_new_leaves_but_not_the_front_proxy_ca() -> None:
+    run = build_pki(make_config(controllerCount=1, workerCount=1, certValidityHours=48))
+    for name in ("kthw-pki-front-proxy-client-cert", "kthw-pki-metrics-server-cert"):
+        assert run.by_name(name).inputs["validityPeriodHours"] == 48, name
+        assert run.by_name(name).inputs["earlyRenewalHours"] == 12, name
+    assert run.by_name("kthw-pki-front-proxy-ca").inputs["validityPeriodHours"] == pki_mod.CA_VALIDITY_HOURS
+
+
+def test_no_metrics_server_cert_without_the_add_on() -> None:
+    run = build_pki(make_config(controllerCount=1, workerCount=1, metricsServer="false"))
+    assert not [r.name for r in run.resources if "metrics-server" in r.name]
+    assert "metrics_server.cert" not in run.values
+    assert "kthw-pki-front-proxy-client-cert" in run.names()  # the aggregation layer stays
+
+
+def openssl_verify(ca: Path, leaf: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_tool("openssl"), "verify", "-x509_strict", *extra, "-CAfile", str(ca), str(leaf)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_openssl_keeps_the_two_cas_apart(shaped: tuple[ClusterConfig, Recording], tmp_path: Path) -> None:
+    cfg, run = shaped
+    paths = write_bundle(cfg, run, tmp_path)
+    proxy_ca, cluster_ca, client = paths["front_proxy_ca"], paths["ca"], paths["front_proxy_client"]
+    result = openssl_verify(proxy_ca, client, "-purpose", "sslclient")
+    assert result.returncode == 0 and result.stdout.strip() == f"{client}: OK", result.stderr
+    # The proxy's cert is no client cert for the API (client-ca-file is the cluster CA) ...
+    assert openssl_verify(cluster_ca, client).returncode != 0
+    # ... and no cluster client cert (admin's, a kubelet's) passes as the front proxy.
+    for label in ("admin", "kubelet:worker-0", "api_server"):
+        assert openssl_verify(proxy_ca, paths[label]).returncode != 0, label
+    assert openssl_verify(proxy_ca, client, "-purpose", "sslserver").returncode != 0
+    server = paths["metrics_server"]
+    result = openssl_verify(
+        cluster_ca, server, "-purpose", "sslserver", "-verify_hostname", "metrics-server.kube-system.svc"
+    )
+    assert result.returncode == 0, result.stderr
+    assert openssl_verify(cluster_ca, server, "-purpose", "sslclient").returncode != 0

@@ -5,17 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from components import remote
-from components.render import render
-
-SHELLCHECK = shutil.which("shellcheck")
+from components import node, remote
+from tests.tools import require_tool
 
 # sudo runs the command as is (dropping -o/-g root when the test is not root); systemctl logs its
 # calls and answers is-active from a state file, so the test sees exactly what the step asked for.
@@ -171,24 +168,57 @@ def test_deploy_fails_naming_node_and_step(tmp_path: Path, shims: dict[str, str]
     assert not (tmp_path / "missing.pem").exists()
 
 
+def test_deploy_removes_obsolete_files_once_and_restarts(tmp_path: Path, shims: dict[str, str]) -> None:
+    """An upgraded step drops the files it no longer ships (the old CNI .conf files) and restarts its service."""
+    conflist = str(tmp_path / "etc/cni/net.d/05-kthw-bridge.conflist")
+    stale = [str(tmp_path / "etc/cni/net.d/10-bridge.conf"), str(tmp_path / "etc/cni/net.d/99-loopback.conf")]
+    files = [(conflist, "{}", 0o644)]
+    specs = [remote.RemoteFile(path, content, mode) for path, content, mode in files]
+    script = remote.deploy_script("worker-0", "containerd", specs, ["containerd"], obsolete=stale)
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", script], input=remote.pack(files), env=shims, capture_output=True, text=True, check=False
+        )
+
+    assert run().returncode == 0
+    calls(shims)
+    for path in stale:
+        Path(path).write_text("{}")
+    upgraded = run()
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert [p for p in stale if Path(p).exists()] == []
+    assert Path(conflist).exists()
+    assert calls(shims)[-1] == "restart containerd"
+    again = run()
+    assert again.returncode == 0, again.stderr
+    assert [c for c in calls(shims) if c.startswith("restart")] == []
+
+
+def test_a_file_cannot_be_both_installed_and_obsolete() -> None:
+    with pytest.raises(ValueError, match="both installed and removed"):
+        remote.deploy_script("worker-0", "containerd", [remote.RemoteFile("/a", "x")], obsolete=["/a"])
+
+
 def test_no_block_is_only_for_steps_that_ask() -> None:
     files = [remote.RemoteFile("/etc/etcd/ca.pem", "x")]
     assert "restart --no-block" in remote.deploy_script("controller-0", "etcd", files, ["etcd"], no_block=True)
     assert "--no-block" not in remote.deploy_script("controller-0", "etcd", files, ["etcd"])
 
 
-@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (.ci/run installs it from Debian)")
 @pytest.mark.parametrize(
     "script",
     [
         remote.deploy_script("worker-0", "kubelet", [remote.RemoteFile("/a", "x")], ["kubelet"]),
         remote.deploy_script("controller-0", "config", [remote.RemoteFile("/a", "x")]),
-        render("node/ssh-ready.sh", node="worker-0"),
+        node.ssh_ready_script("worker-0"),
     ],
     ids=["deploy", "deploy-no-units", "ssh-ready"],
 )
 def test_scripts_pass_shellcheck(tmp_path: Path, script: str) -> None:
     path = tmp_path / "script.sh"
     path.write_text(script)
-    result = subprocess.run([str(SHELLCHECK), "-S", "style", str(path)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [require_tool("shellcheck"), "-S", "style", str(path)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout

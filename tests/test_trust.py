@@ -223,3 +223,49 @@ def test_no_api_server_starts_before_its_etcd_member_is_ready(ha: Recording) -> 
         later = {f"kthw-controller-{m}-etcd-etcd" for m in range(c + 1, 3)}
         waits = ha.ancestors(f"kthw-controller-{c}-etcd-etcd")
         assert earlier <= waits and not later & waits
+
+
+# --- audit logging, the aggregation layer and metrics-server on an existing cluster -------------------
+
+BARE = {**HA, "auditLevel": "off", "metricsServer": "false"}
+
+
+def test_turning_on_audit_and_metrics_server_replaces_no_vm(ha: Recording) -> None:
+    """From a cluster built without them, enabling both only adds resources and updates commands."""
+    bare = cached(BARE)
+    added, removed, changed = diff(bare, ha)
+    assert removed == set()
+    assert added == {
+        "kthw-addons-metrics-server",
+        "kthw-pki-metrics-server-key",
+        "kthw-pki-metrics-server-csr",
+        "kthw-pki-metrics-server-cert",
+    }
+    types = {r.name: r.type for r in ha.resources}
+    assert {types[n] for n in changed} == {COMMAND}
+    # Only the API servers (their policy and flags), their health checks and the smoke test (new checks,
+    # and a new step it waits for) change.
+    assert changed == {
+        *(f"kthw-controller-{i}-control-plane-{step}" for i in range(3) for step in ("kube-apiserver", "healthy")),
+        "kthw-smoke-test-cluster",
+        "kthw-smoke-test-public",
+    }
+    instances = {r.name: r.inputs for r in ha.of_type("gcp:compute/instance:Instance")}
+    assert len(instances) == 6
+    assert instances == {r.name: r.inputs for r in bare.of_type("gcp:compute/instance:Instance")}
+    for name in instances:
+        assert bare.by_name(name).options == ha.by_name(name).options, name
+
+
+def test_the_aggregation_layer_is_there_with_the_knobs_off() -> None:
+    bare = cached(BARE)
+    assert {"kthw-pki-front-proxy-ca", "kthw-pki-front-proxy-client-cert"} <= bare.names()
+    assert not [n for n in bare.names() if "metrics-server" in n]
+    unit = unbundle(bare.by_name("kthw-controller-0-control-plane-kube-apiserver").inputs["stdin"])
+    assert "--enable-aggregator-routing=true" in unit and "--requestheader-client-ca-file=" in unit
+    assert "--audit-" not in unit and "kind: Policy" not in unit
+
+
+def test_smoke_test_waits_for_metrics_server(ha: Recording) -> None:
+    assert "kthw-addons-metrics-server" in ha.ancestors("kthw-smoke-test-cluster")
+    assert {f"kthw-worker-{i}-bootstrap-ready" for i in range(3)} <= ha.ancestors("kthw-addons-metrics-server")

@@ -6,7 +6,6 @@ import base64
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -17,10 +16,10 @@ import yaml
 from pulumi_command import remote as command_remote
 
 from components import config as config_module
-from components import remote, worker
+from components import remote, versions, worker
 from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
-from components.render import render
+from tests import upstream
 from tests.harness import Recording, bundle, run_components
 from tests.tools import directives, shellcheck, verify_unit
 
@@ -31,7 +30,7 @@ CONFIG = config_module.load(
 WORKERS = CONFIG.workers
 UNITS = {
     "containerd": worker.render_containerd_unit,
-    "kubelet": worker.render_kubelet_unit,
+    "kubelet": lambda cfg: worker.render_kubelet_unit(cfg, cfg.workers[0]),
     "kube-proxy": worker.render_kube_proxy_unit,
 }
 
@@ -64,7 +63,7 @@ def test_kubelet_config(spec: NodeSpec) -> None:
     assert conf["tlsCertFile"] == "/var/lib/kubelet/kubelet.pem"
     assert conf["tlsPrivateKeyFile"] == "/var/lib/kubelet/kubelet-key.pem"
     assert conf["cgroupDriver"] == "systemd"
-    assert conf["containerRuntimeEndpoint"] == "unix:///var/run/containerd/containerd.sock"
+    assert conf["containerRuntimeEndpoint"] == "unix:///run/containerd/containerd.sock"
     assert conf["runtimeRequestTimeout"] == "15m"
     assert conf["registerNode"] is True
     assert conf["resolvConf"] == worker.RESOLV_CONF
@@ -75,32 +74,80 @@ def test_kubelet_config_refuses_a_controller() -> None:
         worker.render_kubelet_config(CONFIG, CONFIG.controllers[0])
 
 
-def test_kube_proxy_config() -> None:
-    conf = yaml.safe_load(worker.render_kube_proxy_config(CONFIG))
+@pytest.mark.parametrize("spec", WORKERS, ids=lambda s: s.name)
+def test_kube_proxy_config(spec: NodeSpec) -> None:
+    conf = yaml.safe_load(worker.render_kube_proxy_config(CONFIG, spec))
     assert conf == {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": "/var/lib/kube-proxy/kubeconfig"},
+        "hostnameOverride": spec.name,
         "mode": "iptables",
         "clusterCIDR": "10.200.0.0/16",
     }
 
 
 @pytest.mark.parametrize("spec", WORKERS, ids=lambda s: s.name)
-def test_cni_bridge(spec: NodeSpec) -> None:
-    conf = json.loads(worker.render_cni_bridge(spec))
+def test_node_name_is_the_specs_not_the_hostname(spec: NodeSpec) -> None:
+    """kubelet and kube-proxy name their Node after NodeSpec.name, the name on the kubelet's certificate."""
+    _, flags = exec_start(worker.render_kubelet_unit(CONFIG, spec))
+    assert flags["hostname-override"] == spec.name
+    assert yaml.safe_load(worker.render_kube_proxy_config(CONFIG, spec))["hostnameOverride"] == spec.name
+    # Whatever the name is, it is taken from the spec as given, not rebuilt from the index.
+    renamed = NodeSpec("kthw-dev-worker-7", "worker", 7, "10.240.0.27", "e2-small", "10.200.7.0/24")
+    assert exec_start(worker.render_kubelet_unit(CONFIG, renamed))[1]["hostname-override"] == "kthw-dev-worker-7"
+    assert yaml.safe_load(worker.render_kube_proxy_config(CONFIG, renamed))["hostnameOverride"] == "kthw-dev-worker-7"
+
+
+def test_kube_proxy_mode_has_its_package() -> None:
+    """kube-proxy's iptables mode needs the iptables binary, which Debian 12 does not install by default."""
+    assert worker.kube_proxy_config(CONFIG, WORKERS[0])["mode"] == "iptables"
+    assert "iptables" in worker.PACKAGES
+    assert "packages=(socat conntrack ipset iptables)" in worker.render_prepare_script(WORKERS[0])
+
+
+@pytest.mark.parametrize("spec", WORKERS, ids=lambda s: s.name)
+def test_cni_conflist(spec: NodeSpec) -> None:
+    conf = json.loads(worker.render_cni_conflist(spec))
+    assert set(conf) == {"cniVersion", "name", "plugins"}, "a network list, not a single-plugin conf"
     assert conf["cniVersion"] == "1.0.0"
-    assert (conf["name"], conf["type"], conf["bridge"]) == ("bridge", "bridge", "cni0")
-    assert conf["isGateway"] is True and conf["ipMasq"] is True
-    assert conf["ipam"] == {
-        "type": "host-local",
-        "ranges": [[{"subnet": spec.pod_cidr}]],
-        "routes": [{"dst": "0.0.0.0/0"}],
+    # The old bridge conf's network name: host-local's leases of running pods carry over an upgrade.
+    assert conf["name"] == "bridge"
+    bridge, portmap = conf["plugins"]
+    assert bridge == {
+        "type": "bridge",
+        "bridge": "cni0",
+        "isGateway": True,
+        "ipMasq": True,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": spec.pod_cidr}]], "routes": [{"dst": "0.0.0.0/0"}]},
     }
+    assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}}
+    # containerd runs the loopback plugin itself for every sandbox; a list entry for it would be wrong.
+    assert "loopback" not in [p["type"] for p in conf["plugins"]]
+    # Each plugin in the chain (and its IPAM, and containerd's loopback) must be a binary in bin_dirs.
+    assert {p["type"] for p in conf["plugins"]} | {bridge["ipam"]["type"], "loopback"} == set(
+        worker.CNI_REQUIRED_BINARIES
+    )
 
 
-def test_cni_loopback() -> None:
-    assert json.loads(worker.render_cni_loopback()) == {"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}
+def test_cni_conflist_is_the_first_file_containerd_reads() -> None:
+    """containerd loads the lexically first file in conf_dir; ours beats the old files and common names."""
+    assert worker.CNI_CONFLIST.endswith(".conflist")
+    others = [*worker.CNI_OBSOLETE_CONFS, "/etc/cni/net.d/10-containerd-net.conflist", "/etc/cni/net.d/10-bridge.conf"]
+    assert sorted([worker.CNI_CONFLIST, *others])[0] == worker.CNI_CONFLIST
+    assert set(worker.CNI_OBSOLETE_CONFS) == {"/etc/cni/net.d/10-bridge.conf", "/etc/cni/net.d/99-loopback.conf"}
+
+
+def test_crictl_config() -> None:
+    assert yaml.safe_load(worker.render_crictl_config()) == {
+        "runtime-endpoint": "unix:///run/containerd/containerd.sock",
+        "image-endpoint": "unix:///run/containerd/containerd.sock",
+        "timeout": 10,
+        "debug": False,
+    }
+    # crictl and the kubelet talk to the same socket.
+    kubelet = worker.kubelet_config(CONFIG, WORKERS[0])
+    assert kubelet["containerRuntimeEndpoint"] == worker.crictl_config()["runtime-endpoint"]
 
 
 def test_containerd_config() -> None:
@@ -117,21 +164,16 @@ def test_containerd_config() -> None:
 
 
 def test_containerd_reads_the_config(tmp_path: Path) -> None:
-    binary = shutil.which("containerd")
-    if binary is None:
-        pytest.skip("no containerd binary here (apt-get install -y containerd gives one)")
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
-    match = re.search(r"\s(\d+)\.(\d+)\.\d+", version)
-    assert match, version
+    """The pinned containerd, built from source, loads the rendered version-3 config as it is."""
+    binary = upstream.require("containerd") / "containerd"
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout
+    assert f" v{versions.CONTAINERD} " in version + " ", version
     path = tmp_path / "config.toml"
     path.write_text(worker.render_containerd_config())
-    dump = subprocess.run([binary, "--config", str(path), "config", "dump"], capture_output=True, text=True, timeout=30)
+    dump = subprocess.run(
+        [str(binary), "--config", str(path), "config", "dump"], capture_output=True, text=True, timeout=30
+    )
     assert dump.returncode == 0, dump.stderr
-    if int(match.group(1)) < 2:
-        pytest.skip(
-            f"containerd {match.group(0).strip()} loads the file but knows only config version 2: it "
-            "ignores the version-3 plugin IDs, so its dump cannot confirm them"
-        )
     dumped = tomllib.loads(dump.stdout)
     runtime = dumped["plugins"]["io.containerd.cri.v1.runtime"]
     assert runtime["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
@@ -157,12 +199,13 @@ def exec_start(unit: str) -> tuple[str, dict[str, str]]:
 
 
 def test_kubelet_unit() -> None:
-    unit = worker.render_kubelet_unit(CONFIG)
+    unit = worker.render_kubelet_unit(CONFIG, WORKERS[1])
     assert unit.startswith("# kthw: kubelet 1.36.4\n")
     binary, flags = exec_start(unit)
     assert binary == "/usr/local/bin/kubelet"
     assert flags == {
         "config": "/var/lib/kubelet/kubelet-config.yaml",
+        "hostname-override": "worker-1",
         "kubeconfig": "/var/lib/kubelet/kubeconfig",
         "v": "2",
     }
@@ -194,7 +237,7 @@ def test_unit_versions_follow_config() -> None:
         {"kubernetesVersion": "1.36.5", "containerdVersion": "2.3.5"},
         {"gcp:region": "us-west1", "gcp:zone": "us-west1-c"},
     )
-    assert worker.render_kubelet_unit(newer).startswith("# kthw: kubelet 1.36.5\n")
+    assert worker.render_kubelet_unit(newer, newer.workers[0]).startswith("# kthw: kubelet 1.36.5\n")
     assert worker.render_kube_proxy_unit(newer).startswith("# kthw: kube-proxy 1.36.5\n")
     assert worker.render_containerd_unit(newer).startswith("# kthw: containerd 2.3.5\n")
 
@@ -225,7 +268,7 @@ def test_prepare_script() -> None:
     assert script.startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in script
     assert 'node="worker-1"' in script
-    assert "packages=(socat conntrack ipset)" in script
+    assert "packages=(socat conntrack ipset iptables)" in script
     assert "DPkg::Lock::Timeout" in script and "DEBIAN_FRONTEND=noninteractive" in script
     assert "swapoff -a" in script
     assert "for module in overlay br_netfilter; do" in script
@@ -244,10 +287,22 @@ def test_ready_script() -> None:
     assert "units=(containerd kubelet kube-proxy)" in script
     assert "--kubeconfig /var/lib/kubelet/kubeconfig" in script
     assert 'echo "kthw: ${node}: worker start: $*" >&2' in script
-    assert "journalctl -u" in script and "systemctl status" in script
+    assert "journalctl -u" in script and "systemctl_root status --no-pager" in script
 
 
-def _run_ready(tmp_path: Path, *, active: str, ready: str) -> subprocess.CompletedProcess[str]:
+def cni_plugins(tmp_path: Path, names: tuple[str, ...] = worker.CNI_REQUIRED_BINARIES) -> Path:
+    """A stand-in for /opt/cni/bin holding executables with the given names."""
+    cni_bin = tmp_path / "cni-bin"
+    cni_bin.mkdir()
+    for name in names:
+        (cni_bin / name).write_text("#!/bin/sh\n")
+        (cni_bin / name).chmod(0o755)
+    return cni_bin
+
+
+def _run_ready(
+    tmp_path: Path, *, active: str, ready: str, plugins: tuple[str, ...] = worker.CNI_REQUIRED_BINARIES
+) -> subprocess.CompletedProcess[str]:
     """ready.sh (with a zero wait) against stub sudo, systemctl, journalctl and kubectl."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
@@ -261,7 +316,9 @@ def _run_ready(tmp_path: Path, *, active: str, ready: str) -> subprocess.Complet
     for name, body in programs.items():
         (stubs / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
         (stubs / name).chmod(0o755)
-    script = render("worker/ready.sh", node="worker-0", units="containerd kubelet", timeout_seconds=0, kubeconfig="/k")
+    script = worker.render_ready_script(
+        WORKERS[0], timeout_seconds=0, units=("containerd", "kubelet"), cni_bin_dir=str(cni_plugins(tmp_path, plugins))
+    )
     return subprocess.run(
         ["bash", "-c", script],
         capture_output=True,
@@ -280,9 +337,18 @@ def test_ready_script_passes_when_the_node_is_ready(tmp_path: Path) -> None:
 def test_ready_script_names_the_inactive_unit(tmp_path: Path) -> None:
     result = _run_ready(tmp_path, active="3", ready="True")
     assert result.returncode == 1
-    assert result.stderr.startswith("kthw: worker-0: worker start: containerd is not active\n")
+    assert result.stderr.startswith("kthw: worker-0: worker start: containerd is not active after 0s\n")
     assert "status of status --no-pager --lines=0 kubelet" in result.stderr
     assert "journal of -u kubelet -n 25 --no-pager" in result.stderr
+
+
+def test_ready_script_names_a_missing_cni_plugin(tmp_path: Path) -> None:
+    """containerd needs the loopback binary for every sandbox although no conf names it."""
+    result = _run_ready(tmp_path, active="0", ready="True", plugins=("bridge", "host-local", "portmap"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"kthw: worker-0: worker start: CNI plugin loopback is missing from {tmp_path}/cni-bin"
+    )
 
 
 def test_ready_script_names_a_node_that_is_not_ready(tmp_path: Path) -> None:
@@ -417,13 +483,16 @@ def test_deployed_files(wired: Recording, spec: NodeSpec) -> None:
     containerd_files = bundle(containerd)
     assert set(containerd_files) == {
         "/etc/containerd/config.toml",
-        "/etc/cni/net.d/10-bridge.conf",
-        "/etc/cni/net.d/99-loopback.conf",
+        "/etc/cni/net.d/05-kthw-bridge.conflist",
+        "/etc/crictl.yaml",
         "/etc/systemd/system/containerd.service",
     }
-    assert json.loads(containerd_files["/etc/cni/net.d/10-bridge.conf"][0])["ipam"]["ranges"] == [
-        [{"subnet": spec.pod_cidr}]
-    ]
+    conflist = json.loads(containerd_files["/etc/cni/net.d/05-kthw-bridge.conflist"][0])
+    assert conflist["plugins"][0]["ipam"]["ranges"] == [[{"subnet": spec.pod_cidr}]]
+    assert yaml.safe_load(containerd_files["/etc/crictl.yaml"][0])["runtime-endpoint"] == worker.CONTAINERD_ENDPOINT
+    # An upgraded worker loses the single-plugin files the conflist replaces.
+    script = str(containerd.inputs["create"])
+    assert "/etc/cni/net.d/10-bridge.conf\n/etc/cni/net.d/99-loopback.conf\nOBSOLETE" in script
 
     ready = wired.by_name(f"{n}-ready")
     (trigger,) = ready.inputs["triggers"]

@@ -5,6 +5,7 @@ set -euo pipefail
 
 node="{{ node }}"
 want="v{{ kubernetes_version }}"
+probe_seconds={{ probe_seconds }}
 
 fail() {
   echo "kthw: ${node}: public probe: $*" >&2
@@ -15,15 +16,16 @@ address="$(tr -d '[:space:]')"
 [[ "${address}" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || fail "'${address}' on stdin is not an IPv4 address"
 url="https://${address}:{{ port }}/version"
 
-# The health check needs a few intervals before the pool sends traffic to a new backend.
+# The health check needs a few intervals before the pool sends traffic to a new backend: retry
+# until a deadline, each request bounded.
 body=""
-for _ in $(seq 1 30); do
-  if body="$(curl -sS --fail --max-time 10 --cacert /var/lib/kubernetes/ca.pem "${url}" 2>&1)"; then
-    break
-  fi
+deadline=$((SECONDS + probe_seconds))
+until body="$(curl -sS --fail --connect-timeout {{ curl_connect_timeout }} --max-time {{ curl_max_time }} \
+  --cacert /var/lib/kubernetes/ca.pem "${url}" 2>&1)"; do
+  [ "${SECONDS}" -lt "${deadline}" ] || break
   sleep 10
 done
 version="$(grep -o '"gitVersion": *"[^"]*"' <<<"${body}" | sed 's/.*"\([^"]*\)"$/\1/' || true)"
-[ -n "${version}" ] || fail "no answer from ${url} after 5 minutes: ${body}"
+[ -n "${version}" ] || fail "no answer from ${url} within ${probe_seconds}s: ${body}"
 [ "${version}" = "${want}" ] || fail "${url} reports gitVersion ${version}, want ${want}"
 echo "kthw: ${node}: public probe: ${url} serves ${version}"

@@ -3,6 +3,8 @@
 set -euo pipefail
 
 node="{{ node }}"
+apt_attempts={{ apt_attempts }}
+apt_timeout={{ apt_timeout }}
 
 fail() {
   echo "kthw: ${node}: nginx: $*" >&2
@@ -16,12 +18,16 @@ fi
 
 # A fresh Ubuntu VM runs unattended-upgrades and apt-daily at boot: wait for the dpkg lock, and
 # retry with backoff, since `apt-get update` also takes the lists lock the timeout does not cover.
+# Each call is bounded as a whole, so a mirror that never answers fails the step.
 apt_get() {
-  for attempt in 1 2 3 4 5; do
-    if sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"; then
+  local attempt
+  for attempt in $(seq 1 "${apt_attempts}"); do
+    if timeout --kill-after=10 "${apt_timeout}" sudo DEBIAN_FRONTEND=noninteractive apt-get \
+      -o DPkg::Lock::Timeout={{ apt_lock_timeout }} "$@"; then
       return 0
     fi
-    echo "kthw: ${node}: nginx: apt-get $1 failed (attempt ${attempt}), retrying" >&2
+    echo "kthw: ${node}: nginx: apt-get $1 failed or took over ${apt_timeout}s (attempt ${attempt} of ${apt_attempts})" >&2
+    [ "${attempt}" -lt "${apt_attempts}" ] || break
     sleep $((attempt * 10))
   done
   return 1

@@ -11,10 +11,21 @@ node="{{ node }}"
 step="{{ step }}"
 units=({{ units }})
 stamp="${KTHW_STATE:-/var/lib/kthw}/steps/${step}.sha256"
+systemctl_timeout={{ systemctl_timeout }}
 
 fail() {
   echo "kthw: ${node}: ${step}: $*" >&2
   exit 1
+}
+
+# systemctl waits for the job it queues: bounded, so a unit that neither starts nor fails (or a
+# stuck systemd) ends the step with a message instead of hanging it.
+systemctl_root() {
+  timeout --kill-after=10 "${systemctl_timeout}" sudo systemctl "$@"
+}
+
+journal() {
+  sudo journalctl -u "$1" -n 20 --no-pager 2>&1 || true
 }
 
 staging="$(mktemp -d)"
@@ -46,17 +57,33 @@ done <<'FILES'
 {{ files }}
 FILES
 
+# Files an earlier version of this step installed and this one replaces (a stale CNI conf would win).
+while read -r path; do
+  [ -n "${path}" ] || continue
+  if sudo test -e "${path}"; then
+    sudo rm -f "${path}" || fail "could not remove ${path}"
+    changed=1
+  fi
+done <<'OBSOLETE'
+{{ obsolete }}
+OBSOLETE
+
 if [ "${units_changed}" = 1 ]; then
-  sudo systemctl daemon-reload || fail "systemctl daemon-reload failed"
+  systemctl_root daemon-reload || fail "systemctl daemon-reload failed"
 fi
 
 for unit in "${units[@]}"; do
-  sudo systemctl enable --quiet "${unit}" || fail "could not enable ${unit}"
+  systemctl_root enable --quiet "${unit}" || fail "could not enable ${unit}"
   # "activating" is a start in progress (an etcd member waiting for its quorum): leave it be.
-  state="$(sudo systemctl is-active "${unit}" || true)"
+  state="$(systemctl_root is-active "${unit}" || true)"
   if [ "${changed}" = 1 ] || { [ "${state}" != active ] && [ "${state}" != activating ]; }; then
-    sudo systemctl restart {{ restart_flags }} "${unit}" \
-      || fail "${unit} did not start: $(sudo journalctl -u "${unit}" -n 20 --no-pager 2>&1 || true)"
+    status=0
+    systemctl_root restart {{ restart_flags }} "${unit}" || status=$?
+    case "${status}" in
+      0) ;;
+      124 | 137) fail "${unit} did not start within ${systemctl_timeout}s: $(journal "${unit}")" ;;
+      *) fail "${unit} did not start: $(journal "${unit}")" ;;
+    esac
   fi
 done
 printf '%s\n' "${digest}" | sudo install -D -m 0644 /dev/stdin "${stamp}" || fail "could not record ${stamp}"

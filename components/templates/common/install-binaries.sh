@@ -38,11 +38,16 @@ mapfile -t manifest <<'MANIFEST'
 {{ manifest }}
 MANIFEST
 
+# Every download is bounded: a mirror that accepts and never answers fails the step after
+# (retries + 1) attempts of at most max-time seconds each, instead of hanging `pulumi up`.
+curl_max_time={{ curl_max_time }}
+curl_retries={{ curl_retries }}
 download() {
   local name="$1" url="$2" out="$3"
-  if ! curl --fail --silent --show-error --location --retry 5 --retry-delay 2 --connect-timeout 20 \
+  if ! curl --fail --silent --show-error --location --connect-timeout {{ curl_connect_timeout }} \
+    --max-time "${curl_max_time}" --retry "${curl_retries}" --retry-delay {{ curl_retry_delay }} \
     --output "${out}" "${url}" 2>"${work}/curl.err"; then
-    fail "${name}" "download of ${url} failed: $(tr '\n' ' ' <"${work}/curl.err")"
+    fail "${name}" "download of ${url} failed ($((curl_retries + 1)) attempts of at most ${curl_max_time}s): $(tr '\n' ' ' <"${work}/curl.err")"
   fi
 }
 

@@ -11,6 +11,9 @@ mount_point="{{ mount_point }}"
 data_dir="{{ data_dir }}"
 unit_path="/etc/systemd/system/{{ unit_name }}"
 
+# systemctl waits for the jobs it queues; a stuck systemd fails the step instead of hanging it.
+sctl() { timeout --kill-after=5 "{{ systemctl_timeout }}" sudo systemctl "$@"; }
+
 fail() {
   echo "kthw: ${node}: etcd disk: $*" >&2
   exit 1
@@ -42,14 +45,14 @@ UNIT
 )"
 if ! sudo cmp -s <(printf '%s\n' "${unit}") "${unit_path}" 2>/dev/null; then
   printf '%s\n' "${unit}" | sudo install -D -m 0644 /dev/stdin "${unit_path}"
-  sudo systemctl daemon-reload
+  sctl daemon-reload
 fi
 
 if ! mountpoint -q "${mount_point}"; then
   if sudo test -d "${mount_point}/member"; then
     # Data from before the etcd disk: move it onto the disk with etcd stopped.
     staging="$(mktemp -d)"
-    sudo systemctl stop etcd.service || true
+    sctl stop etcd.service || true
     sudo mount "${device}" "${staging}"
     if ! sudo test -d "${staging}/$(basename "${data_dir}")/member"; then
       sudo mkdir -p -m 0700 "${staging}/$(basename "${data_dir}")"
@@ -59,8 +62,8 @@ if ! mountpoint -q "${mount_point}"; then
     rmdir "${staging}"
     sudo mv "${mount_point}/member" "${mount_point}.boot-disk-member"
   fi
-  sudo systemctl enable --quiet --now "{{ unit_name }}" || fail "could not mount ${device} at ${mount_point}"
+  sctl enable --quiet --now "{{ unit_name }}" || fail "could not mount ${device} at ${mount_point}"
 fi
 mountpoint -q "${mount_point}" || fail "${mount_point} is not mounted"
-sudo systemctl enable --quiet "{{ unit_name }}"
+sctl enable --quiet "{{ unit_name }}"
 echo "kthw: ${node}: etcd disk: ${device} mounted at ${mount_point}"

@@ -13,14 +13,17 @@ endpoints="{{ endpoints }}"
 etcdctl="{{ etcdctl }}"
 export ETCDCTL_CACERT="{{ ca_file }}" ETCDCTL_CERT="{{ cert_file }}" ETCDCTL_KEY="{{ key_file }}"
 export ETCDCTL_DIAL_TIMEOUT=3s ETCDCTL_COMMAND_TIMEOUT=20s
+# Every etcdctl call ends by itself: etcdctl's own dial and command timeouts, and `timeout` around
+# the whole process in case it hangs anyway.
+ctl() { timeout --kill-after=5 "{{ etcdctl_timeout }}" "${etcdctl}" "$@"; }
 
 log() { echo "kthw-etcd-leave: ${name}: $*" >&2; }
 
-if ! members="$("${etcdctl}" --endpoints="${endpoints}" member list -w simple)"; then
+if ! members="$(ctl --endpoints="${endpoints}" member list -w simple)"; then
   any=0
   IFS=',' read -ra each <<< "${endpoints}"
   for endpoint in "${each[@]}"; do
-    if "${etcdctl}" --endpoints="${endpoint}" endpoint status >/dev/null 2>&1; then any=1; fi
+    if ctl --endpoints="${endpoint}" endpoint status >/dev/null 2>&1; then any=1; fi
   done
   if [ "${any}" = 1 ]; then
     log "the cluster has no quorum: refusing to remove ${name} now (restore quorum, then run again)"
@@ -41,7 +44,7 @@ fi
 deadline=$((SECONDS + ${KTHW_ETCD_LEAVE_TIMEOUT:-120}))
 # etcd refuses a reconfiguration until every member has been connected for a few seconds
 # ("unhealthy cluster"), e.g. right after a member joined.
-until "${etcdctl}" --endpoints="${endpoints}" member remove "${id}" >&2; do
+until ctl --endpoints="${endpoints}" member remove "${id}" >&2; do
   if [ "${SECONDS}" -ge "${deadline}" ]; then
     log "member remove ${id} did not succeed in time; the VM is kept"
     exit 1
@@ -50,5 +53,5 @@ until "${etcdctl}" --endpoints="${endpoints}" member remove "${id}" >&2; do
 done
 log "removed ${id} from the cluster"
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  systemctl disable --now etcd.service etcd-backup.timer >/dev/null 2>&1 || true
+  timeout --kill-after=5 "{{ systemctl_timeout }}" systemctl disable --now etcd.service etcd-backup.timer >/dev/null 2>&1 || true
 fi

@@ -24,6 +24,9 @@ peers="{{ peers }}"
 etcdctl="{{ etcdctl }}"
 export ETCDCTL_CACERT="{{ ca_file }}" ETCDCTL_CERT="{{ cert_file }}" ETCDCTL_KEY="{{ key_file }}"
 export ETCDCTL_DIAL_TIMEOUT=3s ETCDCTL_COMMAND_TIMEOUT=10s
+# Every etcdctl call ends by itself: etcdctl's own dial and command timeouts, and `timeout` around
+# the whole process in case it hangs anyway.
+ctl() { timeout --kill-after=5 "{{ etcdctl_timeout }}" "${etcdctl}" "$@"; }
 # How long `member add` retries while the cluster is still settling a previous change.
 add_timeout="${KTHW_ETCD_ADD_TIMEOUT:-120}"
 
@@ -39,7 +42,7 @@ write_env() {
 
 # `member list` of the running cluster as "id started name peer-urls" lines; fails without quorum.
 list_members() {
-  "${etcdctl}" --endpoints="${peers}" member list -w simple \
+  ctl --endpoints="${peers}" member list -w simple \
     | awk -F', ' '{ print $1, $2, ($3 == "" ? "-" : $3), $4 }'
 }
 
@@ -51,7 +54,7 @@ any_peer_answers() {
   IFS=',' read -ra endpoints <<< "${peers}"
   # In parallel: at a fresh cluster's founding none of them exists yet, each costing a timeout.
   for endpoint in "${endpoints[@]}"; do
-    ETCDCTL_DIAL_TIMEOUT=2s ETCDCTL_COMMAND_TIMEOUT=3s "${etcdctl}" --endpoints="${endpoint}" endpoint status &>/dev/null &
+    ETCDCTL_DIAL_TIMEOUT=2s ETCDCTL_COMMAND_TIMEOUT=3s ctl --endpoints="${endpoint}" endpoint status &>/dev/null &
     pids+=("$!")
   done
   for pid in "${pids[@]}"; do
@@ -89,7 +92,7 @@ if [ -n "${members}" ]; then
     read -r id started _ _ <<< "${mine}"
     if [ "${started}" = started ]; then
       log "the cluster lists ${name} (${id}) as started but its data dir is empty: removing it to add it again"
-      "${etcdctl}" --endpoints="${peers}" member remove "${id}" >&2
+      ctl --endpoints="${peers}" member remove "${id}" >&2
       mine=""
     else
       log "already added to the cluster as ${id} (a previous start did not finish): joining"
@@ -114,7 +117,7 @@ if [ -n "${members}" ]; then
       as="a learner"
     fi
     # etcd refuses an add until every voting member has been connected for a few seconds: retry.
-    until added="$("${etcdctl}" --endpoints="${peers}" member add "${name}" --peer-urls="${peer_url}" "${learner[@]}")"; do
+    until added="$(ctl --endpoints="${peers}" member add "${name}" --peer-urls="${peer_url}" "${learner[@]}")"; do
       if [ "${SECONDS}" -ge "${deadline}" ]; then
         log "member add did not succeed within ${add_timeout}s"
         exit 1

@@ -6,20 +6,25 @@ set -euo pipefail
 
 node="{{ node }}"
 packages=({{ packages }})
+apt_attempts={{ apt_attempts }}
+apt_timeout={{ apt_timeout }}
 
 fail() {
   echo "kthw: ${node}: worker prepare: $*" >&2
   exit 1
 }
 
-# apt-get waits for a dpkg lock held by unattended-upgrades on a fresh VM instead of failing.
+# apt-get waits for a dpkg lock held by unattended-upgrades on a fresh VM instead of failing, each
+# call is bounded as a whole (a mirror that never answers), and a failed call is retried a few times.
 apt_get() {
   local attempt
-  for attempt in 1 2 3 4 5; do
-    if sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -q -y "$@"; then
+  for attempt in $(seq 1 "${apt_attempts}"); do
+    if timeout --kill-after=10 "${apt_timeout}" sudo DEBIAN_FRONTEND=noninteractive apt-get \
+      -o DPkg::Lock::Timeout={{ apt_lock_timeout }} -q -y "$@"; then
       return 0
     fi
-    echo "kthw: ${node}: worker prepare: apt-get $1 failed (attempt ${attempt}), retrying" >&2
+    echo "kthw: ${node}: worker prepare: apt-get $1 failed or took over ${apt_timeout}s (attempt ${attempt} of ${apt_attempts})" >&2
+    [ "${attempt}" -lt "${apt_attempts}" ] || break
     sleep $((attempt * 10))
   done
   return 1
