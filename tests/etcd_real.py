@@ -204,7 +204,8 @@ class Loopback:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
     def running(self) -> list[Member]:
-        return [m for m in self.members.values() if m.process is not None and m.process.poll() is None]
+        # A copy first: the write prober calls this from its thread while a grow adds members.
+        return [m for m in list(self.members.values()) if m.process is not None and m.process.poll() is None]
 
     def endpoints(self) -> str:
         return ",".join(m.client for m in self.running())

@@ -4,7 +4,6 @@ before their VM goes, the preview's warning and the shrink rule, the snapshot bu
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from components import config as config_module
 from components import etcd
 from tests.harness import Recording, cached, diff, run_program
+from tests.tools import find_tool
 
 HA = {"controllerCount": "3", "workerCount": "1"}
 NEW_IMAGE = {**HA, "image": "debian-cloud/debian-12"}
@@ -231,7 +231,7 @@ def run_disk(shims: Path, blkid_rc: int, blkid_out: str = "") -> tuple[subproces
 
 
 def test_the_disk_step_formats_only_a_blank_disk(shims: Path) -> None:
-    if not Path("/dev/loop0").is_block_device() or shutil.which("bash") is None:
+    if not Path("/dev/loop0").is_block_device() or find_tool("bash") is None:
         message = "no /dev/loop0 block device to stand in for the disk"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
