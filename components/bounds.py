@@ -32,6 +32,8 @@ SYSTEMCTL_TIMEOUT_SECONDS = 240
 KUBECTL_CALL_TIMEOUT_SECONDS = 30
 # etcdctl's own dial and command timeouts are short; this bounds the process as a whole.
 ETCDCTL_TIMEOUT_SECONDS = 30
+# An etcd snapshot streams the whole database (etcdctl's command timeout is 120 s for it).
+ETCD_SNAPSHOT_TIMEOUT_SECONDS = 150
 
 # How long an add-on's `kubectl apply` is retried while a fresh API server settles (RBAC bootstrap).
 APPLY_RETRY_SECONDS = 150

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -12,6 +13,7 @@ from components.api_frontend import ApiFrontend, ApiFrontendArgs
 from components.config import ClusterConfig, NodeSpec
 from components.control_plane import ControlPlaneArgs, ControlPlaneNode
 from components.etcd import EtcdMember, EtcdMemberArgs
+from components.etcd_backup import EtcdBackupStore, EtcdBackupStoreArgs
 from components.kubeconfig import ADMIN_USER, encryption_config_output, kubeconfig_output
 from components.network import API_PORT, Network, NetworkArgs
 from components.node import Node, NodeArgs
@@ -29,10 +31,12 @@ class ClusterArgs:
 class Cluster(pulumi.ComponentResource):
     """Kubernetes The Hard Way on GCE: every resource of the cluster lives below this one.
 
-    The bootstrap graph is wide, not deep: every node's steps hang off its own SSH gate, etcd
-    members start together, control planes wait for all of etcd, and every worker waits only for
-    the control plane and the API front end, never for another worker. Adding workers adds
-    parallel branches, so `pulumi up` takes about as long for 100 workers as for 3.
+    The bootstrap graph is wide across workers, deliberately narrow across controllers: every
+    node's steps hang off its own SSH gate; controllers come (and are replaced) one at a time, each
+    after the previous one's etcd member is ready, so etcd never loses quorum; each control plane
+    waits for its own member; every worker waits only for the control planes and the API front
+    end, never for another worker. Adding workers adds parallel branches, so `pulumi up` takes
+    about as long for 100 workers as for 3.
     """
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -47,17 +51,27 @@ class Cluster(pulumi.ComponentResource):
         self.ssh_key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
         self.ssh_private_key: pulumi.Output[str] = pulumi.Output.secret(self.ssh_key.private_key_openssh)
 
-        def node(spec: NodeSpec) -> Node:
+        # Optional: etcd snapshots copied to a bucket only the controllers' account may write to.
+        self.backup_store = (
+            EtcdBackupStore(f"{name}-etcd-backup", EtcdBackupStoreArgs(cfg), child) if cfg.etcd_backup_bucket else None
+        )
+
+        def node(spec: NodeSpec, after: Sequence[pulumi.Resource] = ()) -> Node:
             node_args = NodeArgs(
                 config=cfg,
                 spec=spec,
                 subnet=self.network.subnet.id,
                 ssh_public_key=self.ssh_key.public_key_openssh,
                 ssh_private_key=self.ssh_private_key,
+                after=after,
+                service_account_email=(
+                    self.backup_store.service_account_email
+                    if self.backup_store is not None and spec.role == "controller"
+                    else None
+                ),
             )
             return Node(f"{name}-{spec.name}", node_args, child)
 
-        self.controllers = [node(spec) for spec in cfg.controllers]
         self.workers = [node(spec) for spec in cfg.workers]
 
         self.pki = Pki(
@@ -71,16 +85,35 @@ class Cluster(pulumi.ComponentResource):
         )
         encryption_config = encryption_config_output(self.pki.encryption_key)
 
-        # KTHW ch. 7: one etcd member per controller, all started at once.
-        self.etcd = [
-            EtcdMember(
-                f"{name}-{c.spec.name}-etcd",
-                EtcdMemberArgs(config=cfg, spec=c.spec, host=c.host, ca=self.pki.ca, server=self.pki.api_server),
-                child,
+        # KTHW ch. 7: one etcd member per controller. Controller i's VM and etcd restart wait for
+        # controller i-1's member to be healthy and caught up (and for its leave step, so a shrink
+        # removes members from the highest index down, one at a time). The engine therefore
+        # replaces, restarts or stops controllers one by one and etcd keeps its quorum. The price:
+        # a fresh cluster's controllers are also created one after another (VM, SSH, etcd download
+        # and start, about 1.5-2 minutes each on GCE), which Pulumi cannot tell apart from a
+        # replacement; the first member founds the cluster and each next one joins it.
+        self.controllers: list[Node] = []
+        self.etcd: list[EtcdMember] = []
+        for spec in cfg.controllers:
+            previous = self.etcd[-1:]
+            controller = node(spec, after=[m for p in previous for m in (p.started, p.leave)])
+            self.controllers.append(controller)
+            self.etcd.append(
+                EtcdMember(
+                    f"{name}-{spec.name}-etcd",
+                    EtcdMemberArgs(
+                        config=cfg,
+                        spec=spec,
+                        host=controller.host,
+                        ca=self.pki.ca,
+                        server=self.pki.api_server,
+                        after=[p.started for p in previous],
+                        backup_bucket=cfg.etcd_backup_bucket,
+                    ),
+                    child,
+                )
             )
-            for c in self.controllers
-        ]
-        # KTHW ch. 8: every API server waits for every etcd member, since it talks to all of them.
+        # KTHW ch. 8: every API server talks to every etcd member, and starts once its own is ready.
         self.control_plane = [
             ControlPlaneNode(
                 f"{name}-{c.spec.name}-control-plane",
@@ -91,11 +124,13 @@ class Cluster(pulumi.ComponentResource):
                     public_address=self.public_address,
                     pki=self.pki,
                     encryption_config=encryption_config,
-                    etcd_members=[member.started for member in self.etcd],
+                    # Its own member healthy means the cluster has its quorum; waiting for every
+                    # member would keep each replaced controller's API server down to the last.
+                    etcd_members=[member.started],
                 ),
                 child,
             )
-            for c in self.controllers
+            for c, member in zip(self.controllers, self.etcd, strict=True)
         ]
         control_plane_healthy = [cp.healthy for cp in self.control_plane]
 
@@ -164,6 +199,7 @@ class Cluster(pulumi.ComponentResource):
                     *([self.addons.metrics_server] if self.addons.metrics_server else []),
                     *workers_ready,
                     *self.api_frontend.ready,
+                    *(step for m in self.etcd for step in (m.leave, m.backup)),
                 ],
             ),
             child,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import ipaddress
 import itertools
 import json
@@ -64,6 +65,8 @@ _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _REGISTRY_HOST = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*(:[0-9]{{1,5}})?$")
 # kthw:registryMirrors values: an http(s) URL with nothing a TOML string or a path would need escaped.
 _MIRROR_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+# GCS bucket names without dots (dotted names need domain verification): 3-63 characters.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
 
 
 class ConfigError(ValueError):
@@ -153,6 +156,17 @@ class GceNames:
         """A VM's name, which is also its hostname, its Kubernetes node name and its certificate's."""
         return f"{self.node_prefix}{role}-{index}"
 
+    def etcd_disk(self, controller: str) -> str:
+        """A controller's etcd disk, named after its VM (so unique per cluster name): controller-0-etcd."""
+        return f"{controller}-etcd"
+
+    @property
+    def backup_account(self) -> str:
+        """The controllers' service account ID (6-30 characters): KTHW's own, or one per cluster name."""
+        if self.is_default:
+            return "kthw-controllers"
+        return f"kthw-{hashlib.sha256(self.cluster.encode()).hexdigest()[:10]}-etcd"
+
     def every_name(self, controllers: int, pod_cidrs: Sequence[str]) -> list[str]:
         """Every GCE name a cluster of this shape uses (workers by their pod CIDRs)."""
         workers = [self.node("worker", i) for i in range(len(pod_cidrs))]
@@ -167,6 +181,7 @@ class GceNames:
             self.target_pool,
             self.forwarding_rule,
             *(self.node("controller", i) for i in range(controllers)),
+            *(self.etcd_disk(self.node("controller", i)) for i in range(controllers)),
             *workers,
             *(self.worker_api_firewall(w) for w in workers),
             *(self.route(cidr) for cidr in pod_cidrs),
@@ -216,6 +231,7 @@ class ClusterConfig:
     binary_mirror: str | None = None
     cert_validity_hours: int = 8760
     cert_rotation: int = 0
+    etcd_backup_bucket: str | None = None
     names: GceNames = field(default_factory=GceNames)
     audit_level: str = "Metadata"  # one of AUDIT_LEVELS, or AUDIT_OFF
     metrics_server: bool = True
@@ -439,6 +455,19 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
             )
         )
 
+    bucket = str(cfg.get("etcdBackupBucket") or "") or None
+    if bucket is not None and (not _BUCKET.match(bucket) or bucket.startswith("goog") or "google" in bucket):
+        problems.found.append(
+            str(
+                ConfigError(
+                    "etcdBackupBucket",
+                    bucket,
+                    "a new GCS bucket name: 3-63 lowercase letters, digits, '-' and '_', no 'goog' prefix"
+                    " (empty: no bucket)",
+                )
+            )
+        )
+
     project = problems.check(lambda: _project(gcp.get("gcp:project")))
     admin_ranges = _admin_ranges(cfg, problems)
     component_versions = {
@@ -505,11 +534,29 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         binary_mirror=str(mirror).rstrip("/") if mirror else None,
         cert_validity_hours=validity,
         cert_rotation=rotation,
+        etcd_backup_bucket=bucket,
         names=names,
         audit_level=audit_level,
         metrics_server=metrics_server,
         binary_digests=binary_digests,
         registry_mirrors=registry_mirrors,
+    )
+
+
+def check_controller_shrink(previous: int, new: int) -> None:
+    """Refuse removing more etcd members in one update than the cluster can lose.
+
+    Members leave one at a time (member remove, then the VM goes), but in one update: if the ones
+    that stay are fewer than a majority of today's members, a single failure during the change
+    loses quorum. Shrinking by one is always allowed (2 -> 1 included); 5 -> 3 is, 3 -> 1 is not.
+    """
+    if new >= previous or new == previous - 1 or new >= previous // 2 + 1:
+        return
+    raise ConfigError(
+        "controllerCount",
+        new,
+        f"at least {previous // 2 + 1} in one update: {previous} controllers run now and etcd must keep a majority"
+        f" of them; shrink in steps (e.g. {previous} -> {previous // 2 + 1})",
     )
 
 

@@ -239,7 +239,7 @@ class ControlPlaneArgs:
     public_address: pulumi.Input[str]
     pki: Pki
     encryption_config: pulumi.Input[str]  # secret YAML
-    # Every etcd member's start: no API server starts before every member is installed.
+    # The etcd ready steps it waits for: the cluster passes its own controller's member.
     etcd_members: Sequence[pulumi.Resource]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -19,6 +20,11 @@ BOOT_DISK_GB = 20
 SCOPES = ("logging-write", "monitoring")
 # How long a VM may take from creation to accepting SSH and finishing cloud-init.
 SSH_READY_TIMEOUT = bounds.duration(bounds.SSH_READY_TIMEOUT_SECONDS)
+# Each controller's etcd data lives on a disk of its own that outlives the VM (see Node). SSD-backed
+# balanced PD: etcd is sensitive to fsync latency, and 10 GB is far above its default 2 GB quota.
+ETCD_DISK_GB = 10
+ETCD_DISK_TYPE = "pd-balanced"
+ETCD_DEVICE_NAME = "etcd"  # the guest sees /dev/disk/by-id/google-etcd
 
 
 def ssh_ready_script(node: str, cloud_init_timeout: int = bounds.CLOUD_INIT_TIMEOUT_SECONDS) -> str:
@@ -35,6 +41,12 @@ class NodeArgs:
     subnet: pulumi.Input[str]
     ssh_public_key: pulumi.Input[str]
     ssh_private_key: pulumi.Input[str]
+    # What the instance waits for before it is created or replaced: the previous controller's
+    # etcd member being healthy again, so controllers are replaced one at a time.
+    after: Sequence[pulumi.Resource] = ()
+    # A service account of the program's own (controllers, when etcd snapshots go to a bucket);
+    # otherwise the project's default compute account, limited by SCOPES.
+    service_account_email: pulumi.Input[str] | None = None
 
 
 class Node(pulumi.ComponentResource):
@@ -54,6 +66,26 @@ class Node(pulumi.ComponentResource):
         if spec.pod_cidr:
             metadata["pod-cidr"] = spec.pod_cidr
 
+        # A controller's etcd data outlives its VM: the disk is a resource of its own whose inputs
+        # (name, zone, size) do not include what replaces a VM (image, machine type), so an image
+        # change replaces the instance and re-attaches the same disk. GCE never deletes a disk
+        # attached as attached_disks with its instance (autoDelete is false for them). It is
+        # neither protected nor retained on delete on purpose: it is deleted only when its
+        # controller leaves controllerCount (after the member left the cluster, its data cannot
+        # rejoin anyway) or on `pulumi destroy`.
+        attached: list[compute.InstanceAttachedDiskArgsDict] = []
+        self.etcd_disk: compute.Disk | None = None
+        if spec.role == "controller":
+            self.etcd_disk = compute.Disk(
+                f"{name}-etcd-disk",
+                name=cfg.names.etcd_disk(spec.name),
+                zone=cfg.zone,
+                size=ETCD_DISK_GB,
+                type=ETCD_DISK_TYPE,
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            )
+            attached.append({"source": self.etcd_disk.self_link, "device_name": ETCD_DEVICE_NAME, "mode": "READ_WRITE"})
+
         self.instance = compute.Instance(
             f"{name}-instance",
             name=spec.name,
@@ -68,11 +100,16 @@ class Node(pulumi.ComponentResource):
                     "access_configs": [{}],  # an ephemeral external IP for SSH and egress
                 }
             ],
-            service_account={"scopes": list(SCOPES)},
+            service_account=(
+                {"email": args.service_account_email, "scopes": [*SCOPES, "storage-rw"]}
+                if args.service_account_email is not None
+                else {"scopes": list(SCOPES)}
+            ),
             tags=[cfg.names.network, spec.role],
             metadata=metadata,
+            attached_disks=attached or None,
             allow_stopping_for_update=True,
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, depends_on=list(args.after)),
         )
         self.external_ip: pulumi.Output[str] = self.instance.network_interfaces.apply(
             lambda nics: (nics[0].access_configs or [])[0].nat_ip or ""

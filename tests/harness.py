@@ -134,8 +134,10 @@ def _fake_ip(name: str) -> str:
 
 
 class _Mocks(mocks.Mocks):
-    def __init__(self, preview: bool) -> None:
+    def __init__(self, preview: bool, previous_outputs: Mapping[str, Any] | None = None) -> None:
         self.preview = preview
+        # What a StackReference reads: the stack's outputs from its last update ({} for a new stack).
+        self.previous_outputs = dict(previous_outputs or {})
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         # Inputs that were secret arrive wrapped in the engine's secret marker; providers see plain values.
@@ -144,6 +146,9 @@ class _Mocks(mocks.Mocks):
         computed = fake_tls.new_resource(args.typ, args.name, inputs)
         if computed is not None:
             outputs.update(computed)
+        elif args.typ == "pulumi:pulumi:StackReference":
+            outputs["outputs"] = self.previous_outputs
+            outputs["secretOutputNames"] = []
         elif args.typ == "gcp:compute/address:Address":
             outputs["address"] = _fake_ip(args.name)
         elif args.typ == "gcp:compute/instance:Instance":
@@ -152,6 +157,8 @@ class _Mocks(mocks.Mocks):
             outputs["networkInterfaces"] = interfaces
             outputs["instanceId"] = str(zlib.crc32(args.name.encode()))
             outputs["selfLink"] = f"https://compute/{args.inputs.get('zone')}/instances/{args.name}"
+        elif args.typ == "gcp:serviceaccount/account:Account":
+            outputs["email"] = f"{inputs.get('accountId')}@kthw-test.iam.gserviceaccount.com"
         elif args.typ.startswith("command:remote:Command"):
             outputs.setdefault("stdout", "")
             outputs.setdefault("stderr", "")
@@ -271,7 +278,11 @@ def watch(name: str, output: pulumi.Input[Any]) -> pulumi.Output[Any]:
 
 
 def run_components(
-    build: Callable[[], object], *, config: Mapping[str, str] | None = None, preview: bool = False
+    build: Callable[[], object],
+    *,
+    config: Mapping[str, str] | None = None,
+    preview: bool = False,
+    previous_outputs: Mapping[str, Any] | None = None,
 ) -> Recording:
     """Run `build` as a Pulumi program in a stack under mocks, with the given config, and record it all.
 
@@ -298,7 +309,7 @@ def run_components(
     settings.reset_options()
     pulumi.runtime.set_all_config(dict(full), secret_keys=[])
     log = _WarningLog()
-    monitor = _RecordingMonitor(_Mocks(preview))
+    monitor = _RecordingMonitor(_Mocks(preview, previous_outputs))
     _watched = watched
     try:
         mocks.set_mocks(
@@ -338,9 +349,14 @@ def run_components(
     )
 
 
-def run_program(config: Mapping[str, str] | None = None, *, preview: bool = False) -> Recording:
-    """Evaluate __main__.py with the given stack config (namespaced keys) and record it all."""
-    return run_components(_run_main, config=config, preview=preview)
+def run_program(
+    config: Mapping[str, str] | None = None, *, preview: bool = False, previous_outputs: Mapping[str, Any] | None = None
+) -> Recording:
+    """Evaluate __main__.py with the given stack config (namespaced keys) and record it all.
+
+    `previous_outputs` are the stack outputs of the last update, as the program reads them back.
+    """
+    return run_components(_run_main, config=config, preview=preview, previous_outputs=previous_outputs)
 
 
 _CACHE: dict[tuple[tuple[tuple[str, str], ...], bool], Recording] = {}

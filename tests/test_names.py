@@ -35,6 +35,10 @@ KTHW_NAMES = {
     ("instance", "worker-0"),
     ("instance", "worker-1"),
     ("instance", "worker-2"),
+    # Beyond KTHW: each controller's etcd disk, named after its VM.
+    ("disk", "controller-0-etcd"),
+    ("disk", "controller-1-etcd"),
+    ("disk", "controller-2-etcd"),
 }
 
 

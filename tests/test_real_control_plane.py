@@ -27,7 +27,7 @@ import re
 import shlex
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from components import artifacts, versions
+from components import artifacts, etcd, versions
 from components.addons import ENCRYPTION_PREFIX
 from tests import harness, netns, upstream
 from tests.netns import Lab, Process, require_ip
@@ -56,6 +56,8 @@ CONTROL_SERVICES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-s
 WORKER_SERVICES = ("kubelet", "kube-proxy")
 STARTUP_TIMEOUT = 150
 EXIT_TIMEOUT = 60
+# How long one member's membership script (retried) and its ready step may take on a loaded machine.
+ETCD_JOIN_TIMEOUT = 90
 
 KUBELET_CGROUP_V1 = re.compile(
     r"failed to validate kubelet configuration, error: kubelet is configured to not run on a host using cgroup v1\. "
@@ -199,16 +201,54 @@ class Plane:
         gone = [p.describe(5) for (node, _), p in self.processes.items() if node in CONTROLLERS and not p.alive()]
         return "\n\n".join(gone) or "every control-plane process is running"
 
-    def start(self, node: str, service: str, unit: str, bin_dir: Path) -> Process:
+    def start(self, node: str, service: str, unit: str, bin_dir: Path, env: Sequence[str] = ()) -> Process:
+        """Start the unit's ExecStart in the node's sandbox; `env`: what its EnvironmentFile= holds."""
         root = self.roots[node]
         prepare_state_dirs(unit, root)
         argv = ["unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sandbox", node]
         argv += unit_command(unit, root, bin_dir)
         process = self.lab.start(
-            f"{node}/{service}", node, ["env", "-i", *_env(), *argv], self.work / f"{node}-{service}.log"
+            f"{node}/{service}", node, ["env", "-i", *_env(), *env, *argv], self.work / f"{node}-{service}.log"
         )
         self.processes[(node, service)] = process
         return process
+
+
+def etcd_script(plane: Plane, node: str, path: str) -> Path:
+    """One of etcd's rendered scripts under the node's root, its etcdctl the built one."""
+    script = plane.roots[node] / path.lstrip("/")
+    script.write_text(script.read_text().replace(etcd.ETCDCTL, str(plane.etcd_bin / "etcdctl")))
+    return script
+
+
+def start_etcd(plane: Plane, node: str, unit: str) -> Process:
+    """etcd as systemd starts it: RuntimeDirectory=, ExecStartPre= (retried as Restart= would), the
+    EnvironmentFile= it wrote, ExecStart=; then the deploy's ready step, which the next member waits for."""
+    root = plane.roots[node]
+    found = directives(unit)
+    (runtime,) = found["RuntimeDirectory"]
+    (root / "run" / runtime).mkdir(parents=True, exist_ok=True)
+    (pre,) = found["ExecStartPre"]
+    membership = etcd_script(plane, node, pre)
+    deadline = time.monotonic() + ETCD_JOIN_TIMEOUT
+    while True:
+        result = plane.lab.run(node, ["env", "-i", *_env(), "bash", str(membership)], timeout=ETCD_JOIN_TIMEOUT)
+        if result.returncode == 0:
+            break
+        assert time.monotonic() < deadline, f"{node}: ExecStartPre failed: {result.stderr.decode()[-2000:]}"
+        time.sleep(1)  # RestartSec, shortened
+    (env_file,) = found["EnvironmentFile"]
+    written = (root / env_file.lstrip("-").lstrip("/")).read_text().split()
+    assert any(line.startswith("ETCD_INITIAL_CLUSTER_STATE=") for line in written), written
+    process = plane.start(node, "etcd", unit, plane.etcd_bin, env=written)
+    ready = etcd_script(plane, node, etcd.READY_SCRIPT)
+    result = plane.lab.run(
+        node,
+        ["env", "-i", *_env(), f"KTHW_ETCD_READY_TIMEOUT={ETCD_JOIN_TIMEOUT}", "bash", str(ready)],
+        timeout=ETCD_JOIN_TIMEOUT + 30,
+    )
+    assert result.returncode == 0, f"{node}: etcd ready step: {result.stderr.decode()[-2000:]}\n{process.describe(20)}"
+    return process
 
 
 def _env() -> list[str]:
@@ -272,8 +312,10 @@ def plane(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             units[(WORKER, service)] = files[f"/etc/systemd/system/{service}.service"][0]
 
         start = time.monotonic()
-        # The three members start at once, as the deploy steps start them (--no-block).
-        members = [plane.start(node, "etcd", units[(node, "etcd")], etcd_bin) for node in CONTROLLERS]
+        # As the chained etcd steps do it: controller i starts once controller i-1's ready step
+        # passed; each start runs the unit's ExecStartPre (the membership script: found, or
+        # `member add` and join) and each member's ready script promotes it if it joined as a learner.
+        members = [start_etcd(plane, node, units[(node, "etcd")]) for node in CONTROLLERS]
         _wait(plane, "etcd", lambda: all(_ok(etcd_health(plane, node)) for node in CONTROLLERS), members, 60)
         for node in CONTROLLERS:
             plane.start(node, "kube-apiserver", units[(node, "kube-apiserver")], k8s_bin)

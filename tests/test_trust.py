@@ -212,13 +212,17 @@ def test_workers_start_after_every_control_plane_is_healthy(ha: Recording) -> No
             assert "kthw-api-frontend-forwarding-rule" in waits
 
 
-def test_no_api_server_starts_before_every_etcd_member(ha: Recording) -> None:
+def test_no_api_server_starts_before_its_etcd_member_is_ready(ha: Recording) -> None:
     for c in range(3):
         waits = ha.ancestors(f"kthw-controller-{c}-control-plane-kube-apiserver")
-        assert {f"kthw-controller-{m}-etcd-etcd" for m in range(3)} <= waits
-    # and etcd members do not wait for each other: they start together
+        assert f"kthw-controller-{c}-etcd-ready" in waits
+    # Members (re)start one at a time: each after the previous one is healthy and caught up, and
+    # never after a later one.
     for c in range(3):
-        assert not [a for a in ha.ancestors(f"kthw-controller-{c}-etcd-etcd") if "-etcd-etcd" in a]
+        earlier = {f"kthw-controller-{m}-etcd-ready" for m in range(c)}
+        later = {f"kthw-controller-{m}-etcd-etcd" for m in range(c + 1, 3)}
+        waits = ha.ancestors(f"kthw-controller-{c}-etcd-etcd")
+        assert earlier <= waits and not later & waits
 
 
 # --- audit logging, the aggregation layer and metrics-server on an existing cluster -------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from components import rollout
 from components.pki import IDENTITIES
 from tests.engine import plugins
 from tests.pulumi_cli import Cli, isolated_cli
@@ -54,6 +55,11 @@ class Engine:
 
     def plan(self, key: str, value: str) -> list[dict[str, Any]]:
         """The steps of `pulumi preview --json` with `key` set to `value` (restored afterwards)."""
+        steps: list[dict[str, Any]] = self.preview(key, value).get("steps") or []
+        return steps
+
+    def preview(self, key: str, value: str) -> dict[str, Any]:
+        """`pulumi preview --json` with `key` set to `value` (restored afterwards): steps and diagnostics."""
         before = self.cli("config", "get", key, "--stack", STACK, check=False)
         self.cli("config", "set", key, value, "--stack", STACK)
         try:
@@ -63,8 +69,8 @@ class Engine:
                 self.cli("config", "set", key, before.stdout.strip(), "--stack", STACK)
             else:
                 self.cli("config", "rm", key, "--stack", STACK)
-        steps: list[dict[str, Any]] = json.loads(result.stdout).get("steps") or []
-        return steps
+        found: dict[str, Any] = json.loads(result.stdout)
+        return found
 
 
 def name_of(urn: str) -> str:
@@ -76,11 +82,22 @@ def type_of(urn: str) -> str:
 
 
 REPLACE_OPS = {"replace", "create-replacement", "delete-replaced"}
+STACK_REFERENCE = "pulumi:pulumi:StackReference"
 
 
 def changes(steps: list[dict[str, Any]]) -> dict[str, str]:
-    """urn -> op for every step that is not `same`; the three steps of a replacement read `replace`."""
-    return {s["urn"]: "replace" if s["op"] in REPLACE_OPS else s["op"] for s in steps if s["op"] != "same"}
+    """urn -> op for every step that is not `same`; the three steps of a replacement read `replace`.
+
+    The program's StackReference to its own stack (rollout.py) is read at every preview and update,
+    changing nothing: it is checked once (below) and left out here.
+    """
+    reads = [s for s in steps if type_of(s["urn"]) == STACK_REFERENCE]
+    assert [s["op"] for s in reads] == ["read"], reads
+    return {
+        s["urn"]: "replace" if s["op"] in REPLACE_OPS else s["op"]
+        for s in steps
+        if s["op"] != "same" and type_of(s["urn"]) != STACK_REFERENCE
+    }
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +209,9 @@ def test_machine_type_updates_the_vms_in_place_and_nothing_else(engine: Engine) 
     assert {name_of(urn): op for urn, op in steps.items()} == {
         "kthw-controller-0-instance": "update",
         "kthw-worker-0-instance": "update",
+        # GCE stops and starts the controller for it: its etcd ready step runs again (the controller
+        # fingerprint is among its triggers), so a next controller would wait for this one's etcd.
+        "kthw-controller-0-etcd-ready": "replace",
     }
 
 
@@ -205,10 +225,31 @@ def test_new_image_replaces_the_vms_and_replace_with_reruns_every_step_on_them(e
         if r["type"] == COMMAND and name_of(r["urn"]).startswith(("kthw-controller-0-", "kthw-worker-0-"))
     ]
     # Each step names its node's SSH gate in replaceWith; the gate's trigger is the instance id.
+    # Not the etcd leave step: replacing it would run its delete (`member remove`), and the
+    # controller comes back as the same member from its etcd disk.
+    leave = "kthw-controller-0-etcd-leave"
+    assert leave in node_steps and leave not in replaced
+    assert "kthw-controller-0-etcd-disk" not in replaced
+    node_steps.remove(leave)
     assert node_steps and set(node_steps) <= replaced, sorted(set(node_steps) - replaced)
     # No authority, no network: only what lives on or names the VMs.
     assert not {n for n in replaced if n.endswith(("-ca", "-ca-key", "-ssh-key"))}
     assert not {type_of(u) for u in steps} & {"gcp:compute/network:Network", "gcp:compute/subnetwork:Subnetwork"}
+
+
+def test_the_preview_reads_the_last_update_back_and_warns_before_replacing_the_controller(engine: Engine) -> None:
+    """The StackReference to this very stack, under the real engine: after the first `up` (which it
+    survived with no outputs to read) it returns the exported fingerprints, and a new image names
+    the controller it will replace; a worker-only change warns about nothing."""
+    assert set(engine.outputs()[rollout.FINGERPRINTS_OUTPUT]) == {"controller-0"}
+
+    def warnings(preview: dict[str, Any]) -> list[str]:
+        return [d["message"] for d in preview.get("diagnostics") or [] if d.get("severity") == "warning"]
+
+    image = warnings(engine.preview("kthw:image", "debian-cloud/debian-12"))
+    assert [w for w in image if "replaces or restarts controller-0, the only controller" in w], image
+    workers = warnings(engine.preview("kthw:workerCount", "2"))
+    assert not [w for w in workers if "replaces or restarts" in w], workers
 
 
 def test_adding_a_worker_runs_only_its_steps_and_the_smoke_test(engine: Engine) -> None:

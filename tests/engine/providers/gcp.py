@@ -234,7 +234,16 @@ class Gcp:
             delete=delete,
             defaults=self.defaults("zonal"),
             updatable=frozenset(
-                {"machineType", "metadata", "tags", "labels", "serviceAccount", "allowStoppingForUpdate", "description"}
+                {
+                    "machineType",
+                    "metadata",
+                    "tags",
+                    "labels",
+                    "serviceAccount",
+                    "allowStoppingForUpdate",
+                    "description",
+                    "attachedDisks",  # GCE attaches and detaches disks on a running instance
+                }
             ),
             computed=computed,
         )
@@ -292,6 +301,8 @@ class Gcp:
                 outputs=frozenset({"address", "addressType"}),
             ),
             self.kind("gcp:compute/route:Route", "routes", "global", set()),
+            # A persistent disk (a controller's etcd disk): GCE grows it and relabels it in place.
+            self.kind("gcp:compute/disk:Disk", "disks", "zonal", {"size", "labels", "description"}),
             self.kind(
                 "gcp:compute/httpHealthCheck:HttpHealthCheck",
                 "httpHealthChecks",
