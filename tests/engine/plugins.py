@@ -38,6 +38,10 @@ class Installed:
     def cloud(self) -> dict[str, Any]:
         return gcp.Backend(self.gcp_state).resources()
 
+    def instance_events(self) -> list[dict[str, Any]]:
+        """The local cloud's instance creates and deletes, in order, each with its time ("at", ns)."""
+        return gcp.Backend(self.gcp_state).instance_events()
+
 
 def sdk_version(name: str) -> str:
     """The plugin version the installed `pulumi_<name>` package requests."""

@@ -88,6 +88,14 @@ def test_instance_gets_a_stable_external_ip_and_gce_replacement_rules(cloud: tup
     # The same name gets the same address again.
     _, again = create(provider, INSTANCE, "w", VM)
     assert plain(again["networkInterfaces"])[0]["accessConfigs"][0]["natIp"] == nat
+    # Creates and deletes (not updates) are logged in order, with times, for ordering checks.
+    events = backend.instance_events()
+    assert [(e["operation"], e["instance"]) for e in events] == [
+        ("create", "worker-0"),
+        ("delete", "worker-0"),
+        ("create", "worker-0"),
+    ]
+    assert [e["at"] for e in events] == sorted(e["at"] for e in events)
 
 
 def test_subnet_expands_in_place_and_recreates_otherwise(cloud: tuple[LocalProvider, gcp.Backend]) -> None:
@@ -147,6 +155,7 @@ def test_command_runs_create_then_update_and_triggers_replace(tmp_path: Path) ->
         ("update", "198.51.100.10", "echo hi"),
     ]
     assert lines[0]["stdin_sha256"] == "3a6eb0790f39ac87c94f3856b2dd2c5d110e6811602261a9a923d3bb23adc8b7"
+    assert lines[0]["at"] <= lines[1]["at"]
 
 
 def test_unknowns_cross_the_wire_both_ways() -> None:

@@ -11,7 +11,7 @@ semantics for the engine to drive, and nothing else:
 - `logging` says what would be streamed to the engine's log; it does not change the outputs.
 
 What runs the script is an `Executor`. The one here, `RecordingExecutor`, does not connect
-anywhere: it appends (resource, node host, operation, script, stdin digest) to a JSON-lines file
+anywhere: it appends (time, resource, node host, operation, script, stdin digest) to a JSON-lines file
 and returns empty output, so a test can check what ran, where and in which order. A real SSH
 executor plugs in at the same place.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,6 +71,8 @@ class RecordingExecutor:
         env: dict[str, str],
     ) -> tuple[str, str]:
         record = {
+            # Wall-clock nanoseconds: orders these runs against the gcp plugin's instance events.
+            "at": time.time_ns(),
             "resource": resource,
             "operation": operation,
             "host": connection.get("host"),

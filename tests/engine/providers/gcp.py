@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ class Backend:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        # Instance creates and deletes, one JSON object a line, in the order the engine asked for them.
+        self.events = path.with_name(f"{path.stem}-events.jsonl")
         if not path.exists():
             self._save({"resources": {}, "ips": {}, "next_id": 1000000000000000000})
 
@@ -72,6 +75,16 @@ class Backend:
         data = self._load()
         data["resources"].pop(f"{kind}/{name}", None)
         self._save(data)
+
+    def event(self, operation: str, name: str) -> None:
+        """Append a timestamped instance event (a finished create or delete) to `events`."""
+        with self.events.open("a") as out:
+            out.write(json.dumps({"at": time.time_ns(), "operation": operation, "instance": name}) + "\n")
+
+    def instance_events(self) -> list[dict[str, Any]]:
+        if not self.events.exists():
+            return []
+        return [json.loads(line) for line in self.events.read_text().splitlines() if line]
 
     def new_id(self) -> str:
         data = self._load()
@@ -209,6 +222,7 @@ class Gcp:
             if preview:
                 return path(inputs), {"selfLink": API + path(inputs)}
             record = self.backend.create_instance(inputs["name"], inputs["zone"], inputs)
+            self.backend.event("create", inputs["name"])
             return path(inputs), outputs(record, inputs)
 
         def update(_id: str, _name: str, olds: dict[str, Any], news: dict[str, Any], preview: bool) -> dict[str, Any]:
@@ -224,6 +238,7 @@ class Gcp:
 
         def delete(_id: str, _name: str, outputs_: dict[str, Any]) -> None:
             self.backend.delete_instance(outputs_["name"])
+            self.backend.event("delete", outputs_["name"])
 
         computed = frozenset({"instanceId", "networkInterfaces", "currentStatus", "cpuPlatform"})
 
