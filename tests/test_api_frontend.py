@@ -85,6 +85,23 @@ def test_install_script_is_shellcheck_clean(tmp_path: Path) -> None:
     assert 'node="controller-0"' in script.read_text()
 
 
+def test_install_script_trusts_dpkg_not_path(tmp_path: Path) -> None:
+    """Debian's non-login SSH PATH has no /usr/sbin: an installed nginx must not be reinstalled (found on a real node)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "calls"
+    (fake / "dpkg-query").write_text("#!/bin/sh\nprintf 'install ok installed'\n")
+    (fake / "sudo").write_text(f'#!/bin/sh\necho "sudo $*" >> {calls}\nexit 1\n')
+    for tool in (fake / "dpkg-query", fake / "sudo"):
+        tool.chmod(0o755)
+    script = tmp_path / "install-nginx.sh"
+    script.write_text(install_nginx_script("controller-0"))
+    env = {"PATH": f"{fake}:/usr/bin:/bin"}  # nginx, if installed here at all, is in /usr/sbin
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, check=False)
+    assert (result.returncode, result.stdout.strip()) == (0, "kthw: controller-0: nginx: already installed"), result
+    assert not calls.exists(), calls.read_text()
+
+
 def test_every_api_frontend_template_is_used() -> None:
     assert sorted(p.name for p in (TEMPLATES / "api-frontend").iterdir()) == ["healthz.conf", "install-nginx.sh"]
 

@@ -11,7 +11,13 @@ fail() {
   exit 1
 }
 
-if command -v nginx >/dev/null 2>&1; then
+# Asked of dpkg, not of PATH: a non-login SSH session on Debian's images has no /usr/sbin on PATH,
+# where nginx lives, so `command -v nginx` would reinstall it on every run (and fail offline).
+installed() {
+  dpkg-query -W -f='${Status}' nginx 2>/dev/null | grep -q "ok installed"
+}
+
+if installed; then
   echo "kthw: ${node}: nginx: already installed"
   exit 0
 fi
@@ -34,4 +40,4 @@ apt_get() {
 }
 apt_get update -q || fail "apt-get update failed"
 apt_get install -y -q --no-install-recommends nginx || fail "apt-get install nginx failed"
-command -v nginx >/dev/null 2>&1 || fail "nginx is not on PATH after installing it"
+installed || fail "nginx is not installed after apt-get install nginx"
