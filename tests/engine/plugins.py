@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -53,12 +54,18 @@ def sdk_version(name: str) -> str:
 
 
 def install(
-    pulumi_home: Path, state_dir: Path, *, gcp_backend: str | None = None, command_executor: str | None = None
+    pulumi_home: Path,
+    state_dir: Path,
+    *,
+    gcp_backend: str | None = None,
+    command_executor: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Installed:
     """Write a launcher per plugin under `pulumi_home`/plugins; state goes to `state_dir`.
 
     `gcp_backend` and `command_executor` ("package.module:Class") swap in real VMs and a real SSH
-    executor; by default the cloud is a JSON file and commands are only recorded.
+    executor, configured by `extra_env`; by default the cloud is a JSON file and commands are only
+    recorded.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     installed = Installed(state_dir / "gcp.json", state_dir / "commands.jsonl")
@@ -71,6 +78,7 @@ def install(
         env[gcp.BACKEND_ENV] = gcp_backend
     if command_executor:
         env[command.EXECUTOR_ENV] = command_executor
+    env.update(extra_env or {})
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     for name, module in PLUGINS.items():
         directory = pulumi_home / "plugins" / f"resource-{name}-v{sdk_version(name)}"

@@ -27,6 +27,8 @@ class Machine:
     image: Image
     namespace: Namespace
     workdir: Path
+    # Block devices as (host path, guest path): a persistent disk, as GCE attaches it.
+    devices: tuple[tuple[str, str], ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     started: float = field(default=0.0, init=False)
 
@@ -53,6 +55,7 @@ class Machine:
             f"--machine={self.instance.name}",
             f"--network-bridge={BRIDGE}",
             f"--bind-ro={meta}:/run/kthw/metadata",
+            *(f"--bind={host}:{guest}" for host, guest in self.devices),
         ]
         self.started = time.monotonic()
         self.process = subprocess.Popen(

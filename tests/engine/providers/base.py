@@ -10,6 +10,7 @@ exactly, while nested outputs such as an instance's NAT IP may enrich what the p
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import sys
 from collections.abc import Callable, Mapping
@@ -155,9 +156,18 @@ def diff_inputs(kind: Kind, old: Mapping[str, Any], new: Mapping[str, Any]) -> D
 class LocalProvider(Provider):
     """A provider serving `kinds`, with the engine's secret and preview rules applied uniformly."""
 
-    def __init__(self, kinds: list[Kind]) -> None:
+    def __init__(self, kinds: list[Kind], *, threaded: bool = False) -> None:
         self.kinds = {k.token: k for k in kinds}
         self.config: dict[str, Any] = {}
+        # Operations block (a script over SSH runs for minutes): a threaded provider runs each in a
+        # worker thread, so the engine's parallel creates run in parallel, as a Go provider's do.
+        # Unthreaded kinds (the gcp backend's read-modify-write JSON state) run one at a time.
+        self.threaded = threaded
+
+    async def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self.threaded:
+            return await asyncio.to_thread(function, *args)
+        return function(*args)
 
     def kind(self, urn: str) -> Kind:
         token = urn.split("::")[-2].split("$")[-1]
@@ -208,7 +218,7 @@ class LocalProvider(Provider):
                 _, known = kind.create(request.name, inputs, True)
                 computed.update({k: v for k, v in known.items() if k not in kind.computed})
             return CreateResponse(resource_id="", properties=self._outputs(kind, request.properties, computed))
-        resource_id, computed = kind.create(request.name, inputs, False)
+        resource_id, computed = await self._call(kind.create, request.name, inputs, False)
         return CreateResponse(resource_id=resource_id, properties=self._outputs(kind, request.properties, computed))
 
     async def update(self, request: UpdateRequest) -> UpdateResponse:
@@ -217,14 +227,16 @@ class LocalProvider(Provider):
             raise ValueError(f"{kind.token} cannot be updated in place")
         olds = plain_map(request.olds)
         olds.pop(INPUTS, None)
-        computed = kind.update(request.resource_id, request.name, olds, plain_map(request.news), request.preview)
+        computed = await self._call(
+            kind.update, request.resource_id, request.name, olds, plain_map(request.news), request.preview
+        )
         return UpdateResponse(properties=self._outputs(kind, request.news, computed))
 
     async def delete(self, request: DeleteRequest) -> None:
         kind = self.kind(request.urn)
         outputs = plain_map(request.properties)
         outputs.pop(INPUTS, None)
-        kind.delete(request.resource_id, request.name, outputs)
+        await self._call(kind.delete, request.resource_id, request.name, outputs)
 
 
 def load(spec: str) -> Any:

@@ -152,4 +152,4 @@ def executor_from_env(env: Mapping[str, str]) -> Executor:
 
 
 if __name__ == "__main__":
-    serve(VERSION, CommandProvider([kind(executor_from_env(os.environ))]))
+    serve(VERSION, CommandProvider([kind(executor_from_env(os.environ))], threaded=True))

@@ -356,4 +356,8 @@ def backend_from_env(env: Mapping[str, str]) -> Backend:
 
 
 if __name__ == "__main__":
-    serve(VERSION, provider(backend_from_env(os.environ)))
+    # Run as __main__, this module's Backend is not the one a backend module subclassed (it imports
+    # tests.engine.providers.gcp): serve through that importable copy.
+    from tests.engine.providers import gcp as importable
+
+    serve(VERSION, importable.provider(importable.backend_from_env(os.environ)))
