@@ -86,7 +86,7 @@ def test_install_script_is_shellcheck_clean(tmp_path: Path) -> None:
 
 
 def test_install_script_trusts_dpkg_not_path(tmp_path: Path) -> None:
-    """Debian's non-login SSH PATH has no /usr/sbin: an installed nginx must not be reinstalled (found on a real node)."""
+    """A Debian node's non-login SSH PATH has no /usr/sbin: an installed nginx is not reinstalled (seen on a node)."""
     fake = tmp_path / "bin"
     fake.mkdir()
     calls = tmp_path / "calls"
