@@ -143,6 +143,9 @@ def _require(path: Path, package: str) -> Path:
 def _busybox_layer() -> oci.Blob:
     """/bin/busybox and a /bin link per applet, with a minimal /etc: the base of busybox, pause and nginx."""
     busybox = _require(BUSYBOX, "busybox-static")
+    # Debian's plain busybox package links libc; an image holds no libc, so only the static build will do.
+    if subprocess.run(["ldd", str(busybox)], capture_output=True).returncode == 0:
+        raise FileNotFoundError(f"{busybox} is dynamically linked: apt-get install busybox-static (.ci/run does)")
     applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True).stdout.split()
     entries = [Entry("/bin/busybox", 0o755, source=busybox)]
     entries += [Entry(f"/bin/{a}", 0o777, link="busybox") for a in applets if a not in {"busybox", "nslookup"}]

@@ -87,6 +87,23 @@ def test_every_image_the_cluster_pulls_is_built_except_metrics_server(images: re
         assert (cfg["os"], cfg["architecture"]) == ("linux", "amd64"), reference
 
 
+def test_pause_is_the_sandbox_image_containerd_runs_with_the_programs_config() -> None:
+    """The program names no sandbox image, so containerd's built-in default is what every pod pulls."""
+    assert "sandbox" not in worker.render_containerd_config()
+    containerd = upstream.require("containerd") / "containerd"
+    default = subprocess.run([str(containerd), "config", "default"], capture_output=True, text=True, timeout=30)
+    assert f"sandbox = '{registry.PAUSE_IMAGE}'" in default.stdout
+
+
+def test_a_warm_image_build_costs_next_to_nothing(images: registry.Images) -> None:
+    start = time.monotonic()
+    again = registry.build_images()
+    elapsed = time.monotonic() - start
+    assert again == images
+    assert elapsed < 2.0, f"a warm image build took {elapsed:.2f}s"
+    print(f"\nimages warm build: {elapsed:.2f}s")
+
+
 def test_images_are_reproducible(images: registry.Images, tmp_path: Path) -> None:
     """A rebuild gives the same manifest digests: a second run pushes nothing new and pods see the same images."""
     again = oci.write_layout(tmp_path / "layout", registry.image_specs())
