@@ -188,7 +188,9 @@ def _build_cached(kubernetes_version: str) -> tuple[Path, dict[str, str], dict[s
 def _link(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
-        if target.samefile(source):
+        have, want = target.stat(), source.stat()
+        # The same file, or the copy an earlier call made (copy2 keeps the mtime): nothing to do.
+        if target.samefile(source) or (have.st_size, have.st_mtime_ns) == (want.st_size, want.st_mtime_ns):
             return
         target.unlink()
     try:
