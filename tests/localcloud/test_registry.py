@@ -200,10 +200,16 @@ def cloud(images: registry.Images, tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         processes.append(registry.serve_registry(ns.name, ADDRESS, registry.PORT, work / "registry"))
         pushed = registry.push(images, URL, ns.name)
-        for host, url in registry.registry_mirrors(URL).items():
-            path = work / "certs.d" / host / "hosts.toml"
+        # The files the program puts on a worker for this kthw:registryMirrors, moved under the test's directory.
+        stack = config.load({"registryMirrors": registry.registry_mirrors(URL)}, REGION)
+        for file in worker.registry_files(stack):
+            path = work / "certs.d" / Path(file.path).relative_to(worker.REGISTRY_CONFIG_PATH)
             path.parent.mkdir(parents=True)
-            path.write_text(worker.render_hosts_toml(host, url))
+            path.write_text(str(file.content))
+        assert sorted(p.parent.name for p in (work / "certs.d").glob("*/hosts.toml")) == [
+            "docker.io",
+            "registry.k8s.io",
+        ]
         (work / "containerd.toml").write_text(containerd_config(work))
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         env["PATH"] = f"{bins}:{runc}:{env.get('PATH', '/usr/bin:/bin')}"
@@ -378,3 +384,19 @@ def test_the_pause_stand_in_holds_until_sigterm_then_exits_at_once(cloud: Cloud)
         cloud.ctr("task", "kill", "-s", "SIGKILL", "pause")
         cloud.ctr("task", "delete", "-f", "pause")
         cloud.ctr("container", "delete", "pause")
+
+
+def test_a_mirror_that_does_not_answer_fails_the_pull(cloud: Cloud) -> None:
+    """The pulls above came from the mirror: pointed at a port where nothing listens, the same pull fails
+    (the fallback to the registry itself has no route out of the namespace)."""
+    hosts = cloud.work / "certs.d" / "docker.io" / "hosts.toml"
+    good = hosts.read_text()
+    hosts.write_text(worker.render_hosts_toml("docker.io", f"http://{ADDRESS}:{registry.PORT + 1}"))
+    try:
+        pulled = cloud.crictl("pull", addons.SMOKE_BUSYBOX_IMAGE)
+    finally:
+        hosts.write_text(good)
+    assert pulled.returncode != 0
+    # containerd asked the mirror for the very path push() stored the image under.
+    assert f"http://{ADDRESS}:{registry.PORT + 1}/v2/library/busybox/manifests/1.28" in pulled.stderr, pulled.stderr
+    assert cloud.crictl("pull", addons.SMOKE_BUSYBOX_IMAGE).returncode == 0
