@@ -5,7 +5,8 @@ instance becomes a node on the namespace's bridge with the instance's internal I
 `ssh-keys` metadata installed at first boot as GCE's guest agent does; a persistent disk becomes a
 sparse file, attached as a loop device under /dev/disk/by-id/google-DEVICE_NAME; firewall rules,
 routes and the API load balancer become the namespace's nftables rules, routes and proxy
-(tests/localcloud/plane.py), resynchronised after every change to them.
+(tests/localcloud/plane.py), resynchronised after every change to them; instance names resolve
+as GCE's internal DNS resolves them (tests/localcloud/dns.py).
 
 Controllers are systemd-nspawn machines and workers qemu VMs (KTHW_LOCALCLOUD_MACHINES names the
 roles that boot as machines): without KVM a VM runs 20-50x slower, controllers need no container
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.engine.providers import gcp
+from tests.localcloud import dns
 from tests.localcloud.image import Image
 from tests.localcloud.net import BRIDGE, Namespace
 from tests.localcloud.nspawn import Machine
@@ -189,6 +191,11 @@ class LocalCloud(gcp.Backend):
             for name, node in sorted(self.nodes().items())
         ]
         plane.apply(self.namespace.name, self.resources(), ports, self.run_dir / "plane")
+        names = {name: node["internal_ip"] for name, node in self.nodes().items()}
+        if names:
+            dns.sync(self.namespace.name, self.run_dir / "dns", names)
+        else:
+            dns.stop(self.run_dir / "dns")
 
 
 def stop_node(namespace: Namespace, node: dict[str, Any]) -> None:
@@ -227,4 +234,5 @@ def stop_all(namespace: Namespace, run_dir: Path) -> list[str]:
     for node in nodes.values():
         stop_node(namespace, node)
     nodes_file.write_text("{}")
+    dns.stop(run_dir / "dns")
     return sorted(nodes)
