@@ -209,15 +209,16 @@ def render_health_script(
     kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
     kubectl: str = KUBECTL,
     kubeconfig: str = ADMIN_KUBECONFIG,
+    units: Sequence[str] = UNITS,
 ) -> str:
-    """healthy.sh: wait for the three services and for the local API server's /healthz and /readyz.
+    """healthy.sh: wait for `units` (the three services) and for the local API server's /healthz and /readyz.
 
     The keywords exist for tests, which run the script with short bounds against a real kubectl.
     """
     return render(
         "control-plane/healthy.sh",
         node=_controller(spec).name,
-        units=" ".join(UNITS),
+        units=" ".join(units),
         kubectl=kubectl,
         kubeconfig=kubeconfig,
         timeout_seconds=timeout_seconds,
@@ -291,6 +292,18 @@ class ControlPlaneNode(pulumi.ComponentResource):
             units=["kube-apiserver"],
             depends_on=[binaries, *args.etcd_members],
         )
+        # The controller manager and the scheduler read the request-header CA's configmap as they
+        # start; started before the API server has bootstrapped its RBAC roles, each exits once
+        # (forbidden) and systemd restarts it. So they wait for the API server's /readyz (seen on
+        # the local cloud: a fresh controller-manager's first start failed).
+        api_server_ready = remote.run(
+            f"{name}-kube-apiserver-ready",
+            host,
+            render_health_script(spec, units=("kube-apiserver",)),
+            parent=self,
+            triggers=[remote.fingerprint(api_server_files)],
+            depends_on=[api_server],
+        )
 
         # ca.pem and service-account-key.pem are the API server's files too. This step runs after
         # the API server's so the two never write one path at once; its own stamp (deploy.sh) still
@@ -311,7 +324,7 @@ class ControlPlaneNode(pulumi.ComponentResource):
             step="kube-controller-manager",
             files=controller_manager_files,
             units=["kube-controller-manager"],
-            depends_on=[binaries, api_server],
+            depends_on=[binaries, api_server_ready],
         )
 
         scheduler_files = [
@@ -326,7 +339,7 @@ class ControlPlaneNode(pulumi.ComponentResource):
             step="kube-scheduler",
             files=scheduler_files,
             units=["kube-scheduler"],
-            depends_on=[binaries, api_server],
+            depends_on=[binaries, api_server_ready],
         )
 
         # Re-run whenever any service's files change (a deploy restarted it): `systemctl restart`

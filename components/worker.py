@@ -64,7 +64,9 @@ KUBE_PROXY_MODE = "iptables"
 # KTHW ch. 9's OS packages: socat for `kubectl port-forward`, conntrack and ipset for kube-proxy, and
 # iptables for kube-proxy's iptables mode and the portmap plugin (optional on Debian 12, so not a given).
 PACKAGES = ("socat", "conntrack", "ipset", "iptables")
-KERNEL_MODULES = ("overlay", "br_netfilter")
+# nf_conntrack too: kube-proxy sets nf_conntrack_max as it starts and exits if the module is not
+# loaded yet (seen on the local cloud: a fresh worker's first kube-proxy start failed).
+KERNEL_MODULES = ("overlay", "br_netfilter", "nf_conntrack")
 SYSCTLS = (("net.bridge.bridge-nf-call-iptables", "1"), ("net.ipv4.ip_forward", "1"))
 ARTIFACTS = ("containerd", "runc", "cni-plugins", "crictl", "kubelet", "kube-proxy", "kubectl")
 # The CNI spec version KTHW uses; CNI plugins 1.9 and containerd 2.x's libcni read 0.1.0 through 1.1.0.

@@ -350,8 +350,12 @@ def test_dependency_wiring(wired: Recording, spec: config_module.NodeSpec) -> No
     # Downloads run while etcd starts; the API server starts once its own member is healthy.
     assert not wired.ancestors(f"{n}-cp-binaries") & every_etcd
     assert {f"{n}-etcd-ready", f"{n}-cp-binaries", f"{n}-gate"} <= wired.by_name(f"{n}-cp-kube-apiserver").depends_on
+    # The controller manager and scheduler start once the API server is ready (its RBAC bootstrapped).
+    assert {f"{n}-cp-kube-apiserver"} <= wired.by_name(f"{n}-cp-kube-apiserver-ready").depends_on
+    ready_script = wired.by_name(f"{n}-cp-kube-apiserver-ready").inputs["create"]
+    assert "units=(kube-apiserver)" in ready_script and "/readyz" in ready_script
     for step in ("kube-controller-manager", "kube-scheduler"):
-        assert {f"{n}-cp-binaries", f"{n}-cp-kube-apiserver"} <= wired.by_name(f"{n}-cp-{step}").depends_on
+        assert {f"{n}-cp-binaries", f"{n}-cp-kube-apiserver-ready"} <= wired.by_name(f"{n}-cp-{step}").depends_on
     assert {f"{n}-cp-kube-apiserver", f"{n}-cp-kube-controller-manager", f"{n}-cp-kube-scheduler"} <= wired.by_name(
         f"{n}-cp-healthy"
     ).depends_on
@@ -582,7 +586,8 @@ def test_audit_off_deploys_no_policy_and_on_restarts_only_the_api_server() -> No
         assert f"{k8s}/front-proxy-client-key.pem" in bundle(off.by_name(f"{spec.name}-cp-kube-apiserver"))
     # The policy travels in the API server's bundle: the other services' steps are the same either way.
     changed = {r.name for r in on.resources if r.inputs != off.by_name(r.name).inputs}
-    assert changed == {f"{s.name}-cp-{step}" for s in CONTROLLERS for step in ("kube-apiserver", "healthy")}
+    steps = ("kube-apiserver", "kube-apiserver-ready", "healthy")
+    assert changed == {f"{s.name}-cp-{step}" for s in CONTROLLERS for step in steps}
 
 
 def test_controller_manager_takes_no_requestheader_flags() -> None:

@@ -246,7 +246,11 @@ def test_turning_on_audit_and_metrics_server_replaces_no_vm(ha: Recording) -> No
     # Only the API servers (their policy and flags), their health checks and the smoke test (new checks,
     # and a new step it waits for) change.
     assert changed == {
-        *(f"kthw-controller-{i}-control-plane-{step}" for i in range(3) for step in ("kube-apiserver", "healthy")),
+        *(
+            f"kthw-controller-{i}-control-plane-{step}"
+            for i in range(3)
+            for step in ("kube-apiserver", "kube-apiserver-ready", "healthy")
+        ),
         "kthw-smoke-test-cluster",
         "kthw-smoke-test-public",
     }

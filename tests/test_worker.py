@@ -422,7 +422,7 @@ def test_prepare_script() -> None:
     assert "packages=(socat conntrack ipset iptables)" in script
     assert "DPkg::Lock::Timeout" in script and "DEBIAN_FRONTEND=noninteractive" in script
     assert "swapoff -a" in script
-    assert "for module in overlay br_netfilter; do" in script
+    assert "for module in overlay br_netfilter nf_conntrack; do" in script
     assert "net.bridge.bridge-nf-call-iptables=1 net.ipv4.ip_forward=1" in script
     assert "/etc/modules-load.d/" in script and "/etc/sysctl.d/" in script
     assert "{{" not in script
