@@ -19,6 +19,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -326,8 +327,14 @@ def render_haproxy(resources: Mapping[str, Any], ports: Sequence[Port]) -> str |
     return _render("haproxy.cfg", pools="".join(blocks))
 
 
+def _tool(name: str) -> str:
+    """A tool's path; Debian keeps nft, haproxy and sysctl in sbin, which a plugin's PATH may lack."""
+    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin") or name
+
+
 def _run(argv: Sequence[str], stdin: str | None = None) -> str:
-    result = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=60, check=False)
+    argv = [_tool(argv[0]), *argv[1:]]
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {result.stderr.strip()}")
     return result.stdout
@@ -338,7 +345,7 @@ def _ip(namespace: str, *argv: str) -> str:
 
 
 def _sysctl(namespace: str, key: str, value: str) -> None:
-    _run(["ip", "netns", "exec", namespace, "sysctl", "-qw", f"{key}={value}"])
+    _run(["ip", "netns", "exec", namespace, _tool("sysctl"), "-qw", f"{key}={value}"])
 
 
 def internet_setup(namespace_name: str) -> None:
@@ -411,8 +418,17 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def _haproxy_pid(workdir: Path) -> int | None:
-    """The master's pid from the pid file, if that process still runs haproxy."""
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def proxy_pid(workdir: Path) -> int | None:
+    """The running haproxy master's pid (it keeps it across reloads), from the pid file in `workdir`."""
     pidfile = workdir / HAPROXY_PID
     if not pidfile.exists():
         return None
@@ -427,9 +443,9 @@ def _haproxy_pid(workdir: Path) -> int | None:
 
 def _sync_haproxy(ns: str, config: str | None, workdir: Path) -> None:
     path = workdir / HAPROXY_CONFIG
-    pid = _haproxy_pid(workdir)
+    pid = proxy_pid(workdir)
     if config is None:
-        stop(ns, workdir)
+        _stop_haproxy(workdir)
         return
     if pid is not None and path.exists() and path.read_text() == config:
         return
@@ -439,18 +455,36 @@ def _sync_haproxy(ns: str, config: str | None, workdir: Path) -> None:
     _run(["haproxy", "-c", "-q", "-f", str(candidate)])
     candidate.replace(path)
     if pid is not None:
+        old = _children(pid)
         os.kill(pid, signal.SIGUSR2)  # master-worker: reload, old workers finish their connections
+        # The master soft-stops the old workers (closing their listeners) once the new one runs;
+        # wait for that, but not for a long-lived connection that keeps an old worker alive.
+        deadline = time.monotonic() + 5
+        while old & _children(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return
     with (workdir / HAPROXY_LOG).open("ab") as log:
         subprocess.Popen(
-            ["ip", "netns", "exec", ns, "haproxy", "-W", "-db", "-f", str(path), "-p", str(workdir / HAPROXY_PID)],
+            [
+                _tool("ip"),
+                "netns",
+                "exec",
+                ns,
+                _tool("haproxy"),
+                "-W",
+                "-db",
+                "-f",
+                str(path),
+                "-p",
+                str(workdir / HAPROXY_PID),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives the plugin call that started it; stop() ends it
         )
     deadline = time.monotonic() + 10
-    while _haproxy_pid(workdir) is None:
+    while proxy_pid(workdir) is None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"haproxy did not start; see {workdir / HAPROXY_LOG}")
         time.sleep(0.05)
@@ -462,26 +496,30 @@ def apply(namespace_name: str, resources: Mapping[str, Any], ports: Sequence[Por
     config = render_haproxy(resources, ports)
     # Address first (haproxy binds it), the proxy before the firewall that lets its connections out.
     _sync_lb_addresses(namespace_name, set(_lb_addresses(resources)))
-    _run(["ip", "netns", "exec", namespace_name, "nft", "-f", "-"], stdin=render_ruleset(resources, ports))
+    _run(["ip", "netns", "exec", namespace_name, _tool("nft"), "-f", "-"], stdin=render_ruleset(resources, ports))
     _sync_routes(namespace_name, _routes(resources, ports))
     _sync_haproxy(namespace_name, config, workdir)
 
 
-def stop(namespace_name: str, workdir: Path) -> None:
-    """Stop the proxy and remove every rule, route and address `apply` made (the namespace's set-up stays)."""
-    pid = _haproxy_pid(workdir)
+def _stop_haproxy(workdir: Path) -> None:
+    pid = proxy_pid(workdir)
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while _haproxy_pid(workdir) is not None and time.monotonic() < deadline:
+        while proxy_pid(workdir) is not None and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
             time.sleep(0.05)
-        if _haproxy_pid(workdir) is not None:
+        if proxy_pid(workdir) is not None:
             os.kill(pid, signal.SIGKILL)
     (workdir / HAPROXY_PID).unlink(missing_ok=True)
+
+
+def stop(namespace_name: str, workdir: Path) -> None:
+    """Stop the proxy and remove every rule, route and address `apply` made (the namespace's set-up stays)."""
+    _stop_haproxy(workdir)
     if namespace_name in _run(["ip", "netns", "list"]).split():
-        _run(["ip", "netns", "exec", namespace_name, "nft", "-f", "-"], stdin=render_ruleset({}, []))
+        _run(["ip", "netns", "exec", namespace_name, _tool("nft"), "-f", "-"], stdin=render_ruleset({}, []))
         _sync_routes(namespace_name, set())
         _sync_lb_addresses(namespace_name, set())
 
@@ -490,7 +528,7 @@ def leftovers(namespace_name: str) -> list[str]:
     """What of the plane is still in the namespace: tables, routes, load balancer addresses, haproxy processes."""
     ns = namespace_name
     found = []
-    tables = _run(["ip", "netns", "exec", ns, "nft", "list", "tables"]).splitlines()
+    tables = _run(["ip", "netns", "exec", ns, _tool("nft"), "list", "tables"]).splitlines()
     found += [f"nft {t.strip()}" for t in tables if t.split()[-1:] in ([TABLE], [PORT_TABLE])]
     found += [f"route {d} via {h} metric {m}" for d, h, m in sorted(_current_routes(ns))]
     found += [f"address {a}" for a in sorted(_current_lb_addresses(ns))]

@@ -491,13 +491,80 @@ def test_apply_is_idempotent_and_an_empty_stack_leaves_nothing(cloud: Cloud) -> 
     resources = _program_cloud(cloud, PROGRAM_CONFIG, health=True)
     cloud.apply(resources)
     ruleset = _run("ip", "netns", "exec", cloud.ns.name, "nft", "-s", "list", "ruleset")
-    before = plane.leftovers(cloud.ns.name)
-    kinds = {item.split()[0] for item in before}
-    assert kinds == {"nft", "route", "address", "haproxy"}, before
+    before = [x for x in plane.leftovers(cloud.ns.name) if not x.startswith("haproxy")]
+    master = plane.proxy_pid(cloud.workdir)
+    assert master is not None and f"haproxy pid {master}" in plane.leftovers(cloud.ns.name)
+    assert {item.split()[0] for item in before} == {"nft", "route", "address"}, before
     cloud.apply(resources)
-    assert plane.leftovers(cloud.ns.name) == before
+    assert [x for x in plane.leftovers(cloud.ns.name) if not x.startswith("haproxy")] == before
     assert _run("ip", "netns", "exec", cloud.ns.name, "nft", "-s", "list", "ruleset") == ruleset
+    # A changed pool reloads the running proxy (same master pid) with the new members.
+    lb = _lb_address(resources)
+    _until(lambda: cloud.probe("vpc", lb, 6443, ADMIN_SOURCE).startswith("controller-0"), 15)
+    (pool_key,) = [k for k in resources if k.startswith("targetPool/")]
+    pool = resources[pool_key]
+    cloud.apply({**resources, pool_key: {**pool, "inputs": {**pool["inputs"], "instances": []}}})
+    assert plane.proxy_pid(cloud.workdir) == master
+    assert cloud.probe("vpc", lb, 6443, ADMIN_SOURCE) == "-"
     plane.apply(cloud.ns.name, {}, [], cloud.workdir)
     assert plane.leftovers(cloud.ns.name) == []
     # With no firewall the worker reaches etcd again: no rule of the old stack filters anything.
     assert cloud.probe("worker-0", cloud.nodes["controller-0"].port.internal_ip, 2379).startswith("controller-0")
+
+
+def _firewall(name: str, **inputs: Any) -> tuple[str, dict[str, Any]]:
+    return f"firewall/{name}", {"id": name, "inputs": {"name": name, "network": "vpc", **inputs}}
+
+
+GCE_SEMANTICS = dict(
+    [
+        # Source tags match the tagged instance's internal IP; ports as a range.
+        _firewall(
+            "allow-db-to-web",
+            allows=[{"protocol": "tcp", "ports": ["8000-8010"]}],
+            sourceTags=["db"],
+            targetTags=["web"],
+        ),
+        # Same priority as the allow: GCE lets the deny win.
+        _firewall(
+            "deny-8005",
+            denies=[{"protocol": "tcp", "ports": ["8005"]}],
+            sourceRanges=["10.240.0.0/24"],
+            targetTags=["web"],
+            priority=1000,
+        ),
+        # A lower priority (larger number) allows everything to db, but only when nothing above denies.
+        _firewall(
+            "allow-all-to-db",
+            allows=[{"protocol": "all"}],
+            sourceRanges=["0.0.0.0/0"],
+            targetTags=["db"],
+            priority=2000,
+        ),
+        _firewall("deny-db-9000", denies=[{"protocol": "tcp", "ports": ["9000"]}], targetTags=["db"], priority=1999),
+        _firewall("disabled-allow-all", allows=[{"protocol": "all"}], sourceRanges=["0.0.0.0/0"], disabled=True),
+    ]
+)
+
+
+def test_rules_follow_gce_semantics(cloud: Cloud) -> None:
+    """Tags, ranges, priorities (deny wins a tie), sourceless rules, disabled rules and the implied deny."""
+    web = cloud.add_node("web-0", "10.240.0.50", "198.51.100.50", ("web",))
+    db = cloud.add_node("db-0", "10.240.0.51", "198.51.100.51", ("db",))
+    plain = cloud.add_node("plain-0", "10.240.0.52", "198.51.100.52", ())
+    for name in ("web-0", "db-0", "plain-0"):
+        cloud.serve(name, "tcp", "8001", "8005", "8011", "9000", "9001")
+    cloud.apply(GCE_SEMANTICS)
+    assert cloud.probe("db-0", web.port.internal_ip, 8001) == f"web-0 {db.port.internal_ip}"
+    assert cloud.probe("db-0", web.port.internal_ip, 8011) == "-"  # outside the range
+    assert cloud.probe("db-0", web.port.internal_ip, 8005) == "-"  # deny wins at equal priority
+    assert cloud.probe("plain-0", web.port.internal_ip, 8001) == "-"  # no db tag
+    # A source tag is the instance's internal IP, not its external one.
+    assert cloud.probe("db-0", web.port.internal_ip, 8001, db.port.external_ip) == "-"
+    assert cloud.probe("plain-0", db.port.internal_ip, 9001) == f"db-0 {plain.port.internal_ip}"
+    assert cloud.probe("vpc", db.port.external_ip, 9001, OUTSIDER) == f"db-0 {OUTSIDER}"
+    assert cloud.probe("web-0", db.port.internal_ip, 9000) == "-"  # the sourceless deny at 1999
+    assert cloud.ping("web-0", db.port.internal_ip)  # "all" covers ICMP
+    # Untagged, no rule targets it but the disabled one: the implied deny.
+    assert cloud.probe("db-0", plain.port.internal_ip, 8001) == "-"
+    assert not cloud.ping("db-0", plain.port.internal_ip)
