@@ -263,7 +263,7 @@ def render_ruleset(resources: Mapping[str, Any], ports: Sequence[Port]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _check(resources: Mapping[str, Any], pool: Mapping[str, Any]) -> tuple[str, str]:
+def _check(resources: Mapping[str, Any], pool: Mapping[str, Any], address: str) -> tuple[str, str]:
     """The backend's check lines and each server's check options, from the pool's legacy HTTP check."""
     refs = pool.get("healthChecks") or []
     names = [_last(r) for r in ([refs] if isinstance(refs, str) else refs)]
@@ -272,7 +272,8 @@ def _check(resources: Mapping[str, Any], pool: Mapping[str, Any]) -> tuple[str, 
     if not found:
         return "    # no health check: GCE sends to every instance of the pool", ""
     c = {**CHECK_DEFAULTS, **{k: v for k, v in found[0].items() if v is not None}}
-    path, host = c.get("requestPath", "/"), c.get("host") or "localhost"
+    # GCE's defaults: path "/", and the Host header is the public IP the check is done for.
+    path, host = c.get("requestPath") or "/", c.get("host") or address
     lines = [
         "    option httpchk",
         f"    http-check send meth GET uri {path} ver HTTP/1.1 hdr Host {host}",
@@ -309,7 +310,7 @@ def render_haproxy(resources: Mapping[str, Any], ports: Sequence[Port]) -> str |
         pool = pools.get(pool_name)
         if pool is None:
             raise ValueError(f"forwarding rule {name}: target pool {pool_name} does not exist")
-        check, options = _check(resources, pool)
+        check, options = _check(resources, pool, str(rule["ipAddress"]))
         members = [_last(m) for m in pool.get("instances") or []]
         # No port on a server: the connection keeps the port the client used, as with GCE.
         servers = [f"    server {m} {internal[m]}{options}" for m in members if m in internal]

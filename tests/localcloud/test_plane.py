@@ -568,3 +568,39 @@ def test_rules_follow_gce_semantics(cloud: Cloud) -> None:
     # Untagged, no rule targets it but the disabled one: the implied deny.
     assert cloud.probe("db-0", plain.port.internal_ip, 8001) == "-"
     assert not cloud.ping("db-0", plain.port.internal_ip)
+    # GCE matches ingress by instance, not by address: a packet bridged to plain-0 for an address
+    # it routes (as a worker routes its pods') meets plain-0's rules, here the implied deny.
+    _run("ip", "-n", plain.netns, "addr", "add", "10.99.0.1/32", "dev", "lo")
+    _run("ip", "-n", db.netns, "route", "add", "10.99.0.1/32", "via", plain.port.internal_ip)
+    assert cloud.probe("db-0", "10.99.0.1", 8001) == "-"
+    plane.apply(cloud.ns.name, {}, [], cloud.workdir)  # no instance, no rule: the path itself works
+    assert cloud.probe("db-0", "10.99.0.1", 8001) == f"plain-0 {db.port.internal_ip}"
+
+
+def test_haproxy_config_follows_the_programs_load_balancer() -> None:
+    """The forwarding rule's address and port, the pool's members, the legacy check with GCE's defaults (pure)."""
+    resources = program_resources(PROGRAM_CONFIG_HA)
+    ports = [
+        Port(name, f"vp{i}", tags, internal, external)
+        for i, (name, (internal, external, tags)) in enumerate(sorted(_instances(resources).items()))
+    ]
+    config = plane.render_haproxy(resources, ports)
+    assert config is not None
+    assert f"bind {_lb_address(resources)}:6443\n" in config
+    check = " check port 80 inter 5s rise 2 fall 2"
+    assert f"server controller-0 10.240.0.10{check}\n" in config
+    assert f"server controller-1 10.240.0.11{check}\n" in config
+    assert "worker-0" not in config
+    assert f"uri {HEALTHZ} ver HTTP/1.1 hdr Host {HEALTHZ_HOST}\n" in config
+    assert "timeout check 5s" in config
+    assert f"source {HEALTH_CHECK_SOURCE} usesrc clientip" in config
+    # Without host and path GCE asks for "/" with the public IP as Host; without a check, no checking.
+    (check_key,) = [k for k in resources if k.startswith("httpHealthCheck/")]
+    bare = {**resources, check_key: {"inputs": {"name": resources[check_key]["inputs"]["name"]}}}
+    assert f"uri / ver HTTP/1.1 hdr Host {_lb_address(resources)}\n" in (plane.render_haproxy(bare, ports) or "")
+    unchecked = plane.render_haproxy(_without(resources, check_key), ports) or ""
+    assert "server controller-0 10.240.0.10\n" in unchecked and "httpchk" not in unchecked
+    assert (
+        plane.render_haproxy(_without(resources, *[k for k in resources if k.startswith("forwardingRule/")]), ports)
+        is None
+    )
