@@ -423,17 +423,27 @@ def _until(check: Any, seconds: float) -> None:
         time.sleep(0.2)
 
 
+def _fast_checks(resources: dict[str, Any], **changes: int) -> dict[str, Any]:
+    """The program's resources with a user's faster health check, so a test takes seconds, not tens of them."""
+    (key,) = [k for k in resources if k.startswith("httpHealthCheck/")]
+    inputs = {**resources[key]["inputs"], "checkIntervalSec": 1, "timeoutSec": 1, **changes}
+    return {**resources, key: {**resources[key], "inputs": inputs}}
+
+
 def test_load_balancer_keeps_the_clients_address(cloud: Cloud) -> None:
     """Through the proxy the controller sees the client's own address, and the firewall judges it as on GCE."""
-    resources = _program_cloud(cloud, PROGRAM_CONFIG, health=True)
+    resources = _fast_checks(_program_cloud(cloud, PROGRAM_CONFIG, health=True))
     lb, w = _lb_address(resources), cloud.nodes["worker-0"].port
     cloud.apply(resources)
+    # haproxy counts a new backend up until its first check fails (GCE: down until checks pass):
+    # let the first check (interval, timeout) run, so a check the firewall drops shows here.
+    time.sleep(2.5)
 
     def up() -> bool:
         """the admin reaches controller-0 through the proxy"""
         return cloud.probe("vpc", lb, 6443, ADMIN_SOURCE) == f"controller-0 {ADMIN_SOURCE}"
 
-    _until(up, 15)
+    _until(up, 10)
     # A worker reaches the public address from its external IP (GCE's 1:1 NAT), which the program admits.
     assert cloud.probe("worker-0", lb, 6443) == f"controller-0 {w.external_ip}"
     # The proxy listens on the forwarding rule's port range only.
@@ -450,16 +460,12 @@ def test_load_balancer_keeps_the_clients_address(cloud: Cloud) -> None:
 
 def test_load_balancer_follows_the_health_check(cloud: Cloud, record_property: Any) -> None:
     """Only backends whose /healthz answers 200 get connections; a failing one is dropped within its thresholds."""
-    resources = _program_cloud(cloud, PROGRAM_CONFIG_HA, health=True)
-    (check_key,) = [k for k in resources if k.startswith("httpHealthCheck/")]
-    check = resources[check_key]["inputs"]
-    # A user's faster check, so the test takes seconds: what GCE does with checkIntervalSec and the thresholds.
-    resources[check_key] = {**resources[check_key], "inputs": {**check, "checkIntervalSec": 1, "timeoutSec": 1}}
+    resources = _fast_checks(_program_cloud(cloud, PROGRAM_CONFIG_HA, health=True))
     interval, fall = 1, plane.CHECK_DEFAULTS["unhealthyThreshold"]
     lb = _lb_address(resources)
     cloud.stop_server("controller-1", "health")
     cloud.apply(resources)
-    time.sleep(2 * interval)  # the first checks have run
+    time.sleep(2.5)  # the first checks (interval, timeout) have run: controller-1's failed
     seen = {r.split()[0] for _, r in cloud.probes("vpc", lb, 6443, 10, 0.05, ADMIN_SOURCE)}
     assert seen == {"controller-0"}
 
@@ -488,7 +494,7 @@ def test_load_balancer_follows_the_health_check(cloud: Cloud, record_property: A
 
 def test_apply_is_idempotent_and_an_empty_stack_leaves_nothing(cloud: Cloud) -> None:
     """Re-applying changes nothing (the proxy keeps its pid); applying no resources removes every rule, route, proxy."""
-    resources = _program_cloud(cloud, PROGRAM_CONFIG, health=True)
+    resources = _fast_checks(_program_cloud(cloud, PROGRAM_CONFIG, health=True))
     cloud.apply(resources)
     ruleset = _run("ip", "netns", "exec", cloud.ns.name, "nft", "-s", "list", "ruleset")
     before = [x for x in plane.leftovers(cloud.ns.name) if not x.startswith("haproxy")]
@@ -542,6 +548,14 @@ GCE_SEMANTICS = dict(
             priority=2000,
         ),
         _firewall("deny-db-9000", denies=[{"protocol": "tcp", "ports": ["9000"]}], targetTags=["db"], priority=1999),
+        # A smaller number wins over that deny, whatever the verdicts.
+        _firewall(
+            "allow-plain-db-9000",
+            allows=[{"protocol": "tcp", "ports": ["9000"]}],
+            sourceRanges=["10.240.0.52/32"],
+            targetTags=["db"],
+            priority=500,
+        ),
         _firewall("disabled-allow-all", allows=[{"protocol": "all"}], sourceRanges=["0.0.0.0/0"], disabled=True),
     ]
 )
@@ -564,6 +578,7 @@ def test_rules_follow_gce_semantics(cloud: Cloud) -> None:
     assert cloud.probe("plain-0", db.port.internal_ip, 9001) == f"db-0 {plain.port.internal_ip}"
     assert cloud.probe("vpc", db.port.external_ip, 9001, OUTSIDER) == f"db-0 {OUTSIDER}"
     assert cloud.probe("web-0", db.port.internal_ip, 9000) == "-"  # the sourceless deny at 1999
+    assert cloud.probe("plain-0", db.port.internal_ip, 9000) == f"db-0 {plain.port.internal_ip}"  # the allow at 500
     assert cloud.ping("web-0", db.port.internal_ip)  # "all" covers ICMP
     # Untagged, no rule targets it but the disabled one: the implied deny.
     assert cloud.probe("db-0", plain.port.internal_ip, 8001) == "-"
