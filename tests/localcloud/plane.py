@@ -15,12 +15,14 @@ port it leaves by, which is how GCE matches ingress: by instance, whatever the d
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -281,7 +283,7 @@ def _check(resources: Mapping[str, Any], pool: Mapping[str, Any], address: str) 
         f"    timeout check {int(c['timeoutSec'])}s",
     ]
     interval, rise, fall = int(c["checkIntervalSec"]), int(c["healthyThreshold"]), int(c["unhealthyThreshold"])
-    options = f" check port {int(c.get('port', 80))} inter {interval}s rise {rise} fall {fall}"
+    options = f" check port {int(c.get('port', 80))} inter {interval}s rise {rise} fall {fall} disabled"
     return "\n".join(lines), options
 
 
@@ -290,8 +292,14 @@ def _ports_of(range_: str) -> str:
     return low if not high or high == low else f"{low}-{high}"
 
 
-def render_haproxy(resources: Mapping[str, Any], ports: Sequence[Port]) -> str | None:
-    """haproxy's config for every forwarding rule -> target pool -> health check (pure); None when there is none."""
+def render_haproxy(
+    resources: Mapping[str, Any], ports: Sequence[Port], workdir: Path = Path("/run/kthw-plane")
+) -> str | None:
+    """haproxy's config for every forwarding rule -> target pool -> health check (pure); None when there is none.
+
+    Checked servers start `disabled`: `apply` enables each as unhealthy (or as it was before a
+    reload) through the admin socket in `workdir`, since haproxy 2.6 would count it up at once.
+    """
     rules = _of_kind(resources, "forwardingRule")
     if not rules:
         return None
@@ -325,12 +333,78 @@ def render_haproxy(resources: Mapping[str, Any], ports: Sequence[Port]) -> str |
                 servers="\n".join(servers) or "    # no member exists",
             )
         )
-    return _render("haproxy.cfg", pools="".join(blocks))
+    return _render("haproxy.cfg", pools="".join(blocks), socket=_socket(workdir))
 
 
 def _tool(name: str) -> str:
     """A tool's path; Debian keeps nft, haproxy and sysctl in sbin, which a plugin's PATH may lack."""
     return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin") or name
+
+
+def _socket(workdir: Path) -> Path:
+    """The admin socket: in `workdir`, or under /tmp when that path is too long for a unix socket."""
+    path = workdir / "haproxy.sock"
+    if len(str(path)) < 100:
+        return path
+    return Path("/tmp") / f"kthw-plane-{hashlib.sha256(str(workdir).encode()).hexdigest()[:16]}.sock"
+
+
+def _cli(workdir: Path, command: str) -> str:
+    """One command on the proxy's admin socket (a path socket: reachable from outside the namespace)."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(5)
+        conn.connect(str(_socket(workdir)))
+        conn.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def _servers(workdir: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """(backend, server, address) -> (operational state, admin state) from `show servers state`; {} if none answers."""
+    try:
+        text = _cli(workdir, "show servers state")
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 7 and f[0].isdigit() and f[2].isdigit():
+            found[f[1], f[3], f[4]] = (int(f[5]), int(f[6]))
+    return found
+
+
+def _checked(config: str) -> set[tuple[str, str, str]]:
+    """(backend, server, address) of every server the config starts disabled (those with a health check)."""
+    found, backend = set(), ""
+    for line in config.splitlines():
+        words = line.split()
+        if words[:1] == ["backend"]:
+            backend = words[1]
+        elif words[:1] == ["server"] and words[-1] == "disabled":
+            found.add((backend, words[1], words[2]))
+    return found
+
+
+def _enable(workdir: Path, config: str, before: Mapping[tuple[str, str, str], tuple[int, int]]) -> None:
+    """Bring the new worker's checked servers out of maintenance: as they were before a reload, else unhealthy."""
+    wanted = _checked(config)
+    deadline = time.monotonic() + 10
+    # Only the worker that loaded `config` has them all in forced maintenance (admin state bit 0x1).
+    while not all(_servers(workdir).get(k, (0, 0))[1] & 0x1 for k in wanted):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"haproxy's new worker did not answer on {_socket(workdir)}; see {workdir / HAPROXY_LOG}"
+            )
+        time.sleep(0.05)
+    commands = []
+    for backend, server, address in sorted(wanted):
+        commands.append(f"set server {backend}/{server} state ready")
+        if before.get((backend, server, address), (0, 0))[0] != 2:  # 2: running (up)
+            commands.append(f"set server {backend}/{server} health down")
+    if commands:
+        _cli(workdir, "; ".join(commands))
 
 
 def _run(argv: Sequence[str], stdin: str | None = None) -> str:
@@ -456,8 +530,9 @@ def _sync_haproxy(ns: str, config: str | None, workdir: Path) -> None:
     _run(["haproxy", "-c", "-q", "-f", str(candidate)])
     candidate.replace(path)
     if pid is not None:
-        old = _children(pid)
+        old, before = _children(pid), _servers(workdir)
         os.kill(pid, signal.SIGUSR2)  # master-worker: reload, old workers finish their connections
+        _enable(workdir, config, before)
         # The master soft-stops the old workers (closing their listeners) once the new one runs;
         # wait for that, but not for a long-lived connection that keeps an old worker alive.
         deadline = time.monotonic() + 5
@@ -489,12 +564,13 @@ def _sync_haproxy(ns: str, config: str | None, workdir: Path) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"haproxy did not start; see {workdir / HAPROXY_LOG}")
         time.sleep(0.05)
+    _enable(workdir, config, {})
 
 
 def apply(namespace_name: str, resources: Mapping[str, Any], ports: Sequence[Port], workdir: Path) -> None:
     """Converge the namespace to `resources`: firewall, routes, load balancer addresses and haproxy (idempotent)."""
     internet_setup(namespace_name)
-    config = render_haproxy(resources, ports)
+    config = render_haproxy(resources, ports, workdir)
     # Address first (haproxy binds it), the proxy before the firewall that lets its connections out.
     _sync_lb_addresses(namespace_name, set(_lb_addresses(resources)))
     _run(["ip", "netns", "exec", namespace_name, _tool("nft"), "-f", "-"], stdin=render_ruleset(resources, ports))

@@ -435,15 +435,16 @@ def test_load_balancer_keeps_the_clients_address(cloud: Cloud) -> None:
     resources = _fast_checks(_program_cloud(cloud, PROGRAM_CONFIG, health=True))
     lb, w = _lb_address(resources), cloud.nodes["worker-0"].port
     cloud.apply(resources)
-    # haproxy counts a new backend up until its first check fails (GCE: down until checks pass):
-    # let the first check (interval, timeout) run, so a check the firewall drops shows here.
-    time.sleep(2.5)
+    applied = time.monotonic()
+    # As on GCE, a new backend is unhealthy until healthyThreshold checks pass.
+    assert cloud.probe("vpc", lb, 6443, ADMIN_SOURCE) == "-"
 
     def up() -> bool:
         """the admin reaches controller-0 through the proxy"""
         return cloud.probe("vpc", lb, 6443, ADMIN_SOURCE) == f"controller-0 {ADMIN_SOURCE}"
 
     _until(up, 10)
+    print(f"\nbackend healthy {time.monotonic() - applied:.2f} s after apply (check every 1 s, rise 2)")
     # A worker reaches the public address from its external IP (GCE's 1:1 NAT), which the program admits.
     assert cloud.probe("worker-0", lb, 6443) == f"controller-0 {w.external_ip}"
     # The proxy listens on the forwarding rule's port range only.
@@ -465,7 +466,7 @@ def test_load_balancer_follows_the_health_check(cloud: Cloud, record_property: A
     lb = _lb_address(resources)
     cloud.stop_server("controller-1", "health")
     cloud.apply(resources)
-    time.sleep(2.5)  # the first checks (interval, timeout) have run: controller-1's failed
+    _until(lambda: cloud.probe("vpc", lb, 6443, ADMIN_SOURCE).startswith("controller-0"), 10)
     seen = {r.split()[0] for _, r in cloud.probes("vpc", lb, 6443, 10, 0.05, ADMIN_SOURCE)}
     assert seen == {"controller-0"}
 
@@ -490,6 +491,11 @@ def test_load_balancer_follows_the_health_check(cloud: Cloud, record_property: A
     print(f"\nfailover after the health server stopped: {moved:.2f} s (check every {interval} s, fall {fall})")
     # Down after `fall` failed checks: more than one interval, at most fall intervals and a timeout.
     assert (fall - 1) * interval - 0.3 <= moved <= fall * interval + 1 + 0.5
+    # A reload (a changed check) keeps what the checks found: controller-0 stays out, controller-1 in.
+    master = plane.proxy_pid(cloud.workdir)
+    cloud.apply(_fast_checks(resources, timeoutSec=2))
+    assert plane.proxy_pid(cloud.workdir) == master
+    assert {r.split()[0] for _, r in cloud.probes("vpc", lb, 6443, 20, 0.05, ADMIN_SOURCE)} == {"controller-1"}
 
 
 def test_apply_is_idempotent_and_an_empty_stack_leaves_nothing(cloud: Cloud) -> None:
@@ -602,7 +608,7 @@ def test_haproxy_config_follows_the_programs_load_balancer() -> None:
     config = plane.render_haproxy(resources, ports)
     assert config is not None
     assert f"bind {_lb_address(resources)}:6443\n" in config
-    check = " check port 80 inter 5s rise 2 fall 2"
+    check = " check port 80 inter 5s rise 2 fall 2 disabled"
     assert f"server controller-0 10.240.0.10{check}\n" in config
     assert f"server controller-1 10.240.0.11{check}\n" in config
     assert "worker-0" not in config
