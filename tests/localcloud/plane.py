@@ -15,6 +15,7 @@ port it leaves by, which is how GCE matches ingress: by instance, whatever the d
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -231,7 +232,8 @@ def render_ruleset(resources: Mapping[str, Any], ports: Sequence[Port]) -> str:
 
     out.append(f"table ip {TABLE} {{")
     for port in ports:
-        forwards = bool(instances.get(port.instance, {}).get("canIpForward", True))
+        # GCE's default is off; a port with no instance record (a bare test node) forwards.
+        forwards = bool(instances[port.instance].get("canIpForward", False)) if port.instance in instances else True
         out.extend(_instance_chain(port, rules, ports, forwards))
     # Between instances (bridged, marked by port) and routed through the VPC router (by next hop).
     out.append("  chain forward {")
@@ -568,7 +570,17 @@ def _sync_haproxy(ns: str, config: str | None, workdir: Path) -> None:
 
 
 def apply(namespace_name: str, resources: Mapping[str, Any], ports: Sequence[Port], workdir: Path) -> None:
-    """Converge the namespace to `resources`: firewall, routes, load balancer addresses and haproxy (idempotent)."""
+    """Converge the namespace to `resources`: firewall, routes, load balancer addresses and haproxy (idempotent).
+
+    Calls are serialized by a lock file in `workdir`: the engine runs resource operations in parallel.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (workdir / "plane.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _apply(namespace_name, resources, ports, workdir)
+
+
+def _apply(namespace_name: str, resources: Mapping[str, Any], ports: Sequence[Port], workdir: Path) -> None:
     internet_setup(namespace_name)
     config = render_haproxy(resources, ports, workdir)
     # Address first (haproxy binds it), the proxy before the firewall that lets its connections out.
