@@ -31,6 +31,7 @@ from typing import IO, TypeVar
 from components import artifacts, config, versions
 from tests import upstream
 from tests.localcloud.image import cache_root
+from tests.upstream import build
 
 # Where the lead's namespace serves the mirror: the bridge's own address (net.GATEWAY), port 8080.
 PORT = 8080
@@ -48,6 +49,8 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "cni-plugins": ("cni-plugins", ("bridge", "host-local", "loopback", "portmap")),
     "crictl": ("crictl", ("crictl",)),
 }
+# Each Kubernetes release the mirror can serve, and the upstream build that made its binaries.
+KUBERNETES_BUILDS = {versions.KUBERNETES: "kubernetes", build.PREVIOUS_KUBERNETES: "kubernetes-previous"}
 # Speed over size: the mirror is read over a local bridge, and a cold build must stay well under a minute.
 GZIP_LEVEL = 1
 _REGION = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
@@ -108,16 +111,13 @@ def write_tarball(out: Path, files: dict[str, Path], dirs: tuple[str, ...] = ())
     tmp.replace(out)
 
 
-def _layout(a: artifacts.Artifact, bins: Path, dest: Path, version_note: bytes) -> None:
+def _layout(a: artifacts.Artifact, bins: Path, dest: Path) -> None:
     """Write artifact `a` at `dest` as its project publishes it, from the built files in `bins`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     _, names = SOURCES[a.name]
     if a.kind == "file":
         tmp = dest.with_name(dest.name + ".part")
         shutil.copyfile(bins / names[0], tmp)
-        if version_note:
-            with tmp.open("ab") as f:
-                f.write(version_note)
         tmp.chmod(0o755)
         tmp.replace(dest)
         return
@@ -134,10 +134,23 @@ def _layout(a: artifacts.Artifact, bins: Path, dest: Path, version_note: bytes) 
         raise KeyError(f"no tarball layout for {a.name}")
 
 
+def _recipe_for(artifact: str, kubernetes_version: str) -> str:
+    """The upstream build an artifact comes from: Kubernetes' binaries from the build of that very release."""
+    recipe_name, _ = SOURCES[artifact]
+    if recipe_name != "kubernetes":
+        return recipe_name
+    if kubernetes_version not in KUBERNETES_BUILDS:
+        raise ValueError(
+            f"no build of Kubernetes {kubernetes_version} (built: {', '.join(sorted(KUBERNETES_BUILDS))}):"
+            " add a recipe in tests/upstream/build.py"
+        )
+    return KUBERNETES_BUILDS[kubernetes_version]
+
+
 def _key(kubernetes_version: str) -> str:
     """Everything that shapes the mirror: the versions, each recipe's build key, and this module."""
     stamps = {}
-    for recipe_name in sorted({r for r, _ in SOURCES.values()}):
+    for recipe_name in sorted({_recipe_for(a, kubernetes_version) for a in SOURCES}):
         bins = upstream.require(recipe_name)
         stamps[recipe_name] = (bins.parent / ".recipe").read_text()
     blob = json.dumps(
@@ -159,14 +172,9 @@ def _build_into(directory: Path, kubernetes_version: str) -> tuple[dict[str, str
     paths: dict[str, str] = {}
     for name in artifacts.NAMES:
         a = artifacts.artifact(cfg, name)
-        recipe_name, _ = SOURCES[name]
-        built = upstream.recipe(recipe_name).version
-        # A Kubernetes version other than the built one serves the built binaries marked with a trailer,
-        # so a version bump is a real change of file and digest on the nodes (`--version` still says
-        # the built version; an ELF runs unchanged with bytes appended).
-        note = b"" if a.version == built else f"\nkthw local cloud: v{built} served as v{a.version}\n".encode()
+        recipe_name = _recipe_for(name, kubernetes_version)
         relative = a.url.removeprefix("https://")
-        _layout(a, upstream.require(recipe_name), directory / relative, note)
+        _layout(a, upstream.require(recipe_name), directory / relative)
         digests[name] = _sha256(directory / relative)
         paths[name] = relative
     return digests, paths

@@ -19,6 +19,7 @@ from tests import upstream
 from tests.localcloud import mirror
 from tests.localcloud.conftest import _missing
 from tests.localcloud.net import GATEWAY, Namespace
+from tests.upstream import build
 
 ADDRESS = str(GATEWAY.ip)
 REGION = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
@@ -154,27 +155,32 @@ def test_a_digest_mistyped_by_one_character_fails_loudly(
     assert not (tmp_path / "root").exists(), "a bad download must install nothing"
 
 
-def test_a_kubernetes_bump_is_served_as_a_new_file_that_still_runs(
+def test_the_previous_kubernetes_patch_is_served_from_its_own_build(
     netns: Namespace, tmp_path: Path, built: mirror.Mirror
 ) -> None:
-    """The bump scenario: another patch version under its own URLs, with its own digests, one mirror root."""
-    major, minor, patch = versions.KUBERNETES.split(".")
-    bumped_version = f"{major}.{minor}.{int(patch) + 1}"
+    """The bump scenario's start: 1.36.3's own binaries under its own URLs and digests, beside 1.36.4's."""
+    previous = build.PREVIOUS_KUBERNETES
     root = tmp_path / "mirror"
     first = mirror.build_mirror(root)
-    bumped = mirror.build_mirror(root, kubernetes_version=bumped_version)
+    older = mirror.build_mirror(root, kubernetes_version=previous)
     assert first.digests == built.digests
     for name in artifacts.NAMES:
-        changed = bumped.digests[name] != first.digests[name]
+        changed = older.digests[name] != first.digests[name]
         assert changed == (name in artifacts.KUBERNETES_BINARIES), name
     with mirror.served(netns.name, ADDRESS, mirror.PORT, root) as served_url:
-        cfg = stack(bumped, served_url)
+        cfg = stack(older, served_url)
         result = run_install(netns, artifacts.install_script(cfg, "worker-0", ["kubelet"]), tmp_path)
     assert result.returncode == 0, result.stderr
-    assert f"installed {tmp_path}/root/usr/local/bin/kubelet ({bumped_version})" in result.stdout
-    kubelet_path = tmp_path / "root/usr/local/bin/kubelet"
-    kubelet = subprocess.run([str(kubelet_path), "--version"], capture_output=True, text=True)
-    assert kubelet.stdout.strip() == f"Kubernetes v{versions.KUBERNETES}"
+    assert f"installed {tmp_path}/root/usr/local/bin/kubelet ({previous})" in result.stdout
+    kubelet = subprocess.run(
+        [str(tmp_path / "root/usr/local/bin/kubelet"), "--version"], capture_output=True, text=True
+    )
+    assert kubelet.stdout.strip() == f"Kubernetes v{previous}"
+
+
+def test_a_kubernetes_release_with_no_build_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"no build of Kubernetes 1\.36\.99 .*add a recipe"):
+        mirror.build_mirror(tmp_path / "mirror", kubernetes_version="1.36.99")
 
 
 def test_warm_build_costs_next_to_nothing(built: mirror.Mirror, tmp_path: Path) -> None:

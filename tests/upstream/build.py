@@ -87,6 +87,33 @@ def _k8s_version_ldflags(version: str) -> tuple[str, ...]:
     return tuple(flags)
 
 
+# The Kubernetes patch release a local-cloud stack starts at before it is bumped to versions.KUBERNETES.
+PREVIOUS_KUBERNETES = "1.36.3"
+
+
+def _kubernetes(name: str, version: str) -> Recipe:
+    """The six Kubernetes binaries of one release, version-stamped as the release's own are."""
+    return Recipe(
+        name,
+        version,
+        requires={"k8s.io/kubernetes": f"v{version}"},
+        packages=tuple(
+            f"k8s.io/kubernetes/cmd/{b}"
+            for b in (
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kubelet",
+                "kube-proxy",
+                "kubectl",
+            )
+        ),
+        staging_from="k8s.io/kubernetes",
+        staging_version="v0." + version.split(".", 1)[1],
+        ldflags=_k8s_version_ldflags(version),
+    )
+
+
 def recipes() -> list[Recipe]:
     """Every build, at the program's default versions (components/versions.py)."""
     k8s = versions.KUBERNETES
@@ -102,25 +129,9 @@ def recipes() -> list[Recipe]:
             packages=("go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/etcdctl/v3", "go.etcd.io/etcd/etcdutl/v3"),
             ldflags=(f"-X go.etcd.io/etcd/api/v3/version.GitSHA=v{versions.ETCD}",),
         ),
-        Recipe(
-            "kubernetes",
-            k8s,
-            requires={"k8s.io/kubernetes": f"v{k8s}"},
-            packages=tuple(
-                f"k8s.io/kubernetes/cmd/{b}"
-                for b in (
-                    "kube-apiserver",
-                    "kube-controller-manager",
-                    "kube-scheduler",
-                    "kubelet",
-                    "kube-proxy",
-                    "kubectl",
-                )
-            ),
-            staging_from="k8s.io/kubernetes",
-            staging_version="v0." + k8s.split(".", 1)[1],
-            ldflags=_k8s_version_ldflags(k8s),
-        ),
+        _kubernetes("kubernetes", k8s),
+        # The patch release before the program's, for the local cloud's upgrade scenario (issue 13).
+        _kubernetes("kubernetes-previous", PREVIOUS_KUBERNETES),
         Recipe(
             "containerd",
             versions.CONTAINERD,
