@@ -17,6 +17,7 @@ import pytest
 from tests.localcloud import image as image_module
 from tests.localcloud.image import Image
 from tests.localcloud.net import Namespace
+from tests.localcloud.services import Services, running
 from tests.localcloud.vm import Accel, choose_accel, scratch_dir
 
 # Debian packages that provide each tool (.ci/run installs them).
@@ -91,6 +92,13 @@ def namespace(prerequisites: None) -> Iterator[Namespace]:
         yield ns
     finally:
         ns.destroy()
+
+
+@pytest.fixture(scope="module")
+def services(prerequisites: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """Per test module: a namespace with the admin's address, the binary mirror and the registry."""
+    with running(tmp_path_factory) as found:
+        yield found
 
 
 @pytest.fixture

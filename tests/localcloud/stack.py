@@ -1,0 +1,271 @@
+"""One kthw stack on the local cloud: the real CLI and engine, the local plugins, nodes in a namespace.
+
+`LocalStack` wires the pieces together for the scenario tests: the gcp plugin's backend is
+`cloud.LocalCloud`, the command stand-in runs scripts with `executor.SshExecutor`, binaries come
+from the local mirror and images from the local registry, both on "internet" addresses inside
+the namespace. It also reads what happened back: each node's service start times (to prove a
+step restarted nothing) and a timeline of every bootstrap step.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shlex
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.engine import plugins
+from tests.localcloud import cloud
+from tests.localcloud.image import Image
+from tests.localcloud.net import Namespace
+from tests.localcloud.ssh import OPTIONS
+from tests.localcloud.vm import Accel
+from tests.pulumi_cli import Cli, isolated_cli
+
+PROJECT = "kthw-localcloud"
+UP_TIMEOUT = 45 * 60
+# The services the program runs, by role; a step that restarts one changes its start time.
+UNITS = {
+    "controller": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nginx"),
+    "worker": ("containerd", "kubelet", "kube-proxy"),
+}
+
+
+@dataclass
+class LocalStack:
+    """A stack whose `pulumi up` builds a cluster on the local cloud."""
+
+    name: str
+    cli: Cli
+    installed: plugins.Installed
+    namespace: Namespace
+    run_dir: Path
+    config: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        tmp: Path,
+        namespace: Namespace,
+        image: Image,
+        accel: Accel,
+        config: dict[str, Any],
+    ) -> LocalStack:
+        cli = isolated_cli(tmp)
+        run_dir = tmp / "cloud"
+        run_dir.mkdir()
+        installed = plugins.install(
+            cli.home,
+            tmp / "plugin-state",
+            gcp_backend="tests.localcloud.cloud:LocalCloud",
+            command_executor="tests.localcloud.executor:SshExecutor",
+            extra_env={
+                cloud.NETNS_ENV: namespace.name,
+                cloud.RUN_ENV: str(run_dir),
+                cloud.IMAGE_ENV: str(image.directory),
+                cloud.ACCEL_ENV: accel.name,
+                # The CLI's PATH is minimal; the backend needs losetup, nsenter, qemu and nft.
+                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            },
+        )
+        stack = cls(name, cli, installed, namespace, run_dir, config)
+        cli("stack", "init", name)
+        stack.write_config(config)
+        return stack
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """The stack file, as a user keeps it: one file per environment."""
+        self.config = config
+        (self.cli.project / f"Pulumi.{self.name}.yaml").write_text(yaml.safe_dump({"config": config}))
+
+    def __call__(self, *args: str, check: bool = True, timeout: int = UP_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        return self.cli(*args, "--stack", self.name, check=check, timeout=timeout)
+
+    def up(self, label: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        start = time.monotonic()
+        result = self("up", "--yes", "--skip-preview", *extra)
+        self.timings[label] = round(time.monotonic() - start, 1)
+        return result
+
+    def preview(self, *extra: str) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self("preview", "--json", *extra).stdout)
+        return found
+
+    def outputs(self) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self("stack", "output", "--json", "--show-secrets").stdout)
+        return found
+
+    def resources(self) -> list[dict[str, Any]]:
+        """The stack's resources as `pulumi stack export` has them (secrets stay encrypted)."""
+        found: list[dict[str, Any]] = json.loads(self("stack", "export").stdout)["deployment"].get("resources") or []
+        return found
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        """The local cloud's running nodes: name -> kind, pid, addresses, tags."""
+        path = self.run_dir / "nodes.json"
+        found: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+        return found
+
+    def ssh(self, node: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run `command` on `node` as the program's SSH user, with the stack's own key."""
+        outputs = self.outputs()
+        key = self.run_dir / "admin-key"
+        key.touch(mode=0o600)
+        key.write_text(str(outputs["ssh_private_key"]).rstrip("\n") + "\n")
+        user = str(self.config.get("kthw:sshUser") or "kthw")
+        host = self.nodes()[node]["external_ip"]
+        argv = self.namespace.command("ssh", *OPTIONS, "-i", str(key), f"{user}@{host}", command)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def service_starts(self) -> dict[str, dict[str, str]]:
+        """node -> unit -> "state/restarts/start time" for every service the program runs there.
+
+        A restart, by a step or by systemd after a crash, changes the start time (monotonic
+        microseconds) or the restart count.
+        """
+        found: dict[str, dict[str, str]] = {}
+        properties = ("ActiveState", "NRestarts", "ActiveEnterTimestampMonotonic")
+        for name, node in sorted(self.nodes().items()):
+            units = UNITS["controller" if "controller" in node["tags"] else "worker"]
+            flags = " ".join(f"-p {p}" for p in properties)
+            show = "; ".join(f"systemctl show {flags} {shlex.quote(u)}; echo ---" for u in units)
+            result = self.ssh(name, show)
+            assert result.returncode == 0, result
+            blocks = result.stdout.split("---\n")[: len(units)]
+            found[name] = {}
+            for unit, block in zip(units, blocks, strict=True):
+                values = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+                found[name][unit] = "/".join(values.get(p, "?") for p in properties)
+        return found
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """Every command run and node boot, in start order, in seconds from the first event."""
+        events: list[dict[str, Any]] = [
+            {
+                "at": r["at"],
+                "end": r.get("end", r["at"]),
+                "node": r.get("host"),
+                "step": r["resource"],
+                "op": r["operation"],
+            }
+            for r in self.installed.commands()
+        ]
+        for e in self.installed.instance_events():
+            events.append(
+                {"at": e["at"], "end": e["at"], "node": e["instance"], "step": "instance", "op": e["operation"]}
+            )
+        events.sort(key=lambda e: e["at"])
+        if not events:
+            return []
+        zero = events[0]["at"]
+        return [
+            {**e, "start_s": round((e["at"] - zero) / 1e9, 1), "end_s": round((e["end"] - zero) / 1e9, 1)}
+            for e in events
+        ]
+
+    def destroy(self) -> None:
+        start = time.monotonic()
+        self("destroy", "--yes", "--skip-preview")
+        self.timings["destroy"] = round(time.monotonic() - start, 1)
+
+    def cleanup(self) -> list[str]:
+        """Stop whatever nodes a failed run left (nothing, after a clean destroy)."""
+        return cloud.stop_all(self.namespace, self.run_dir)
+
+
+class ApiWatch:
+    """Asks the public address for /version every half second, as the admin does, until stopped.
+
+    Each answer is recorded with its time and gitVersion, so a test can say whether (and for how
+    long) no API server answered during an update.
+    """
+
+    def __init__(self, stack: LocalStack) -> None:
+        outputs = stack.outputs()
+        kubeconfig = yaml.safe_load(str(outputs["admin_kubeconfig"]))
+        user = kubeconfig["users"][0]["user"]
+        directory = stack.run_dir / "api-watch"
+        directory.mkdir(exist_ok=True)
+        files = {
+            "ca.pem": str(outputs["ca_certificate"]),
+            "admin.pem": base64.b64decode(user["client-certificate-data"]).decode(),
+            "admin-key.pem": base64.b64decode(user["client-key-data"]).decode(),
+        }
+        for name, content in files.items():
+            (directory / name).touch(mode=0o600)
+            (directory / name).write_text(content)
+        self.argv = stack.namespace.command(
+            "curl",
+            "-sS",
+            "--max-time",
+            "2",
+            "--cacert",
+            str(directory / "ca.pem"),
+            "--cert",
+            str(directory / "admin.pem"),
+            "--key",
+            str(directory / "admin-key.pem"),
+            f"https://{outputs['kubernetes_public_address']}:6443/version",
+        )
+        self.answers: list[tuple[float, str]] = []  # (monotonic time, gitVersion or "")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            at = time.monotonic()
+            result = subprocess.run(self.argv, capture_output=True, text=True, timeout=10, check=False)
+            version = ""
+            if result.returncode == 0:
+                with contextlib.suppress(ValueError):
+                    version = str(json.loads(result.stdout).get("gitVersion") or "")
+            self.answers.append((at, version))
+            self._stop.wait(max(0.0, 0.5 - (time.monotonic() - at)))
+
+    def __enter__(self) -> ApiWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def longest_outage(self) -> float:
+        """The longest stretch, in seconds, from a failed ask to the next answer (0 if none failed)."""
+        longest, since = 0.0, None
+        for at, version in self.answers:
+            if not version and since is None:
+                since = at
+            elif version and since is not None:
+                longest, since = max(longest, at - since), None
+        if since is not None:
+            longest = max(longest, self.answers[-1][0] - since)
+        return round(longest, 1)
+
+    def versions(self) -> list[str]:
+        """The distinct gitVersions answered, in order of first answer."""
+        seen: list[str] = []
+        for _, version in self.answers:
+            if version and version not in seen:
+                seen.append(version)
+        return seen
+
+
+def format_timeline(events: list[dict[str, Any]], hosts: dict[str, str]) -> str:
+    """One line per step: start, end, duration, node, step and operation."""
+    lines = []
+    for e in events:
+        node = hosts.get(str(e["node"]), str(e["node"]))
+        took = e["end_s"] - e["start_s"]
+        lines.append(f"{e['start_s']:8.1f} {e['end_s']:8.1f} {took:7.1f}s  {node:<14} {e['op']:<7} {e['step']}")
+    return "\n".join(lines)
