@@ -10,6 +10,8 @@ The host kernel has no nf_conntrack_bridge (nft's `ct` in the bridge family fail
 so the firewall is stateful through br_netfilter: bridged IPv4 passes the `ip` family's forward
 hook with conntrack. The bridge family only marks each frame with the instance behind the bridge
 port it leaves by, which is how GCE matches ingress: by instance, whatever the destination IP.
+Routed packets (pods' traffic through the VPC's routes) and the namespace's own (the admin, the
+health checker, the proxy) are matched by their next hop, which is the instance's address.
 """
 
 from __future__ import annotations
