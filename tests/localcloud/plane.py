@@ -467,10 +467,12 @@ def _routes(resources: Mapping[str, Any], ports: Sequence[Port]) -> set[tuple[st
 
 def _current_routes(ns: str) -> set[tuple[str, str, int]]:
     found = json.loads(_ip(ns, "-4", "-j", "route", "show", "proto", ROUTE_PROTOCOL) or "[]")
-    return {
-        (r["dst"] if "/" in r["dst"] else f"{r['dst']}/32", r.get("gateway", ""), int(r.get("metric", 0)))
-        for r in found
-    }
+    return {(_dst(r["dst"]), r.get("gateway", ""), int(r.get("metric", 0))) for r in found}
+
+
+def _dst(shown: str) -> str:
+    """A destination as `ip -j route` shows it ("default", a bare host address) as a network."""
+    return "0.0.0.0/0" if shown == "default" else str(ipaddress.ip_network(shown, strict=False))
 
 
 def _sync_routes(ns: str, wanted: set[tuple[str, str, int]]) -> None:
@@ -598,11 +600,12 @@ def _stop_haproxy(workdir: Path) -> None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while proxy_pid(workdir) is not None and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
             time.sleep(0.05)
         if proxy_pid(workdir) is not None:
             os.kill(pid, signal.SIGKILL)
+        # When this process started it (a plugin that lives on), reap it: no zombie is left.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
     (workdir / HAPROXY_PID).unlink(missing_ok=True)
 
 
