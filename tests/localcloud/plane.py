@@ -52,6 +52,8 @@ INSTANCE_MARK_MASK = 0xFFFF
 HAPROXY_CONFIG = "haproxy.cfg"
 HAPROXY_PID = "haproxy.pid"
 HAPROXY_LOG = "haproxy.log"
+# How long haproxy may take to start or reload a worker: generous, CI shares two cores with VMs.
+START_TIMEOUT = 30
 TEMPLATES = Path(__file__).parent / "templates"
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
 # GCE's legacy HTTP health check defaults (compute.HttpHealthCheck).
@@ -394,7 +396,7 @@ def _checked(config: str) -> set[tuple[str, str, str]]:
 def _enable(workdir: Path, config: str, before: Mapping[tuple[str, str, str], tuple[int, int]]) -> None:
     """Bring the new worker's checked servers out of maintenance: as they were before a reload, else unhealthy."""
     wanted = _checked(config)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + START_TIMEOUT
     # Only the worker that loaded `config` has them all in forced maintenance (admin state bit 0x1).
     while not all(_servers(workdir).get(k, (0, 0))[1] & 0x1 for k in wanted):
         if time.monotonic() > deadline:
@@ -565,7 +567,7 @@ def _sync_haproxy(ns: str, config: str | None, workdir: Path) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives the plugin call that started it; stop() ends it
         )
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + START_TIMEOUT
     while proxy_pid(workdir) is None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"haproxy did not start; see {workdir / HAPROXY_LOG}")
