@@ -10,6 +10,8 @@ The host kernel has no nf_conntrack_bridge (nft's `ct` in the bridge family fail
 so the firewall is stateful through br_netfilter: bridged IPv4 passes the `ip` family's forward
 hook with conntrack. The bridge family only marks each frame with the instance behind the bridge
 port it leaves by, which is how GCE matches ingress: by instance, whatever the destination IP.
+Routed packets (pods' traffic through the VPC's routes) and the namespace's own (the admin, the
+health checker, the proxy) are matched by their next hop, which is the instance's address.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ INSTANCE_MARK_MASK = 0xFFFF
 HAPROXY_CONFIG = "haproxy.cfg"
 HAPROXY_PID = "haproxy.pid"
 HAPROXY_LOG = "haproxy.log"
+# How long haproxy may take to start or reload a worker: generous, CI shares two cores with VMs.
+START_TIMEOUT = 30
 TEMPLATES = Path(__file__).parent / "templates"
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
 # GCE's legacy HTTP health check defaults (compute.HttpHealthCheck).
@@ -392,7 +396,7 @@ def _checked(config: str) -> set[tuple[str, str, str]]:
 def _enable(workdir: Path, config: str, before: Mapping[tuple[str, str, str], tuple[int, int]]) -> None:
     """Bring the new worker's checked servers out of maintenance: as they were before a reload, else unhealthy."""
     wanted = _checked(config)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + START_TIMEOUT
     # Only the worker that loaded `config` has them all in forced maintenance (admin state bit 0x1).
     while not all(_servers(workdir).get(k, (0, 0))[1] & 0x1 for k in wanted):
         if time.monotonic() > deadline:
@@ -465,10 +469,12 @@ def _routes(resources: Mapping[str, Any], ports: Sequence[Port]) -> set[tuple[st
 
 def _current_routes(ns: str) -> set[tuple[str, str, int]]:
     found = json.loads(_ip(ns, "-4", "-j", "route", "show", "proto", ROUTE_PROTOCOL) or "[]")
-    return {
-        (r["dst"] if "/" in r["dst"] else f"{r['dst']}/32", r.get("gateway", ""), int(r.get("metric", 0)))
-        for r in found
-    }
+    return {(_dst(r["dst"]), r.get("gateway", ""), int(r.get("metric", 0))) for r in found}
+
+
+def _dst(shown: str) -> str:
+    """A destination as `ip -j route` shows it ("default", a bare host address) as a network."""
+    return "0.0.0.0/0" if shown == "default" else str(ipaddress.ip_network(shown, strict=False))
 
 
 def _sync_routes(ns: str, wanted: set[tuple[str, str, int]]) -> None:
@@ -561,7 +567,7 @@ def _sync_haproxy(ns: str, config: str | None, workdir: Path) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives the plugin call that started it; stop() ends it
         )
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + START_TIMEOUT
     while proxy_pid(workdir) is None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"haproxy did not start; see {workdir / HAPROXY_LOG}")
@@ -596,11 +602,12 @@ def _stop_haproxy(workdir: Path) -> None:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while proxy_pid(workdir) is not None and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
             time.sleep(0.05)
         if proxy_pid(workdir) is not None:
             os.kill(pid, signal.SIGKILL)
+        # When this process started it (a plugin that lives on), reap it: no zombie is left.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
     (workdir / HAPROXY_PID).unlink(missing_ok=True)
 
 

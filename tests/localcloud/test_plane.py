@@ -253,14 +253,16 @@ def cloud(tmp_path: Path) -> Iterator[Cloud]:
         ns.exec_ip("addr", "add", f"{OUTSIDER}/32", "dev", "lo")
         yield made
     finally:
-        plane.stop(ns.name, tmp_path)
-        for proc in made.servers.values():
-            proc.kill()
-            proc.wait(timeout=10)
-        for node in made.nodes.values():  # a pod's namespace is listed as a node too
-            if node.netns in _run("ip", "netns", "list").split():
-                _run("ip", "netns", "del", node.netns)
-        ns.destroy()
+        try:
+            plane.stop(ns.name, tmp_path)
+        finally:  # even when stop fails: no namespace or process outlives the test
+            for proc in made.servers.values():
+                proc.kill()
+                proc.wait(timeout=10)
+            for node in made.nodes.values():  # a pod's namespace is listed as a node too
+                if node.netns in _run("ip", "netns", "list").split():
+                    _run("ip", "netns", "del", node.netns)
+            ns.destroy()
 
 
 def program_resources(config: dict[str, str]) -> dict[str, Any]:
@@ -401,6 +403,22 @@ def test_routes_deliver_pod_traffic_through_the_vpc(cloud: Cloud) -> None:
     }
     cloud.apply(no_forwarding)
     assert cloud.probe("controller-0", POD_IP, 8080) == "-"
+    # A default route and a host route, at their priorities: stable across applies.
+    extra = {
+        f"route/{name}": {
+            "id": name,
+            "inputs": {"name": name, "destRange": dest, "nextHopIp": "10.240.0.20", "priority": 500},
+        }
+        for name, dest in (("to-default", "0.0.0.0/0"), ("to-host", "10.99.0.7/32"))
+    }
+    cloud.apply({**resources, **extra})
+    shown = [x for x in plane.leftovers(cloud.ns.name) if x.startswith("route")]
+    assert (
+        "route 0.0.0.0/0 via 10.240.0.20 metric 500" in shown
+        and "route 10.99.0.7/32 via 10.240.0.20 metric 500" in shown
+    )
+    cloud.apply({**resources, **extra})
+    assert [x for x in plane.leftovers(cloud.ns.name) if x.startswith("route")] == shown
     # And a removed route is gone from the namespace.
     cloud.apply(_without(resources, *routes))
     assert cloud.probe("controller-0", POD_IP, 8080) == "-"
@@ -519,6 +537,9 @@ def test_apply_is_idempotent_and_an_empty_stack_leaves_nothing(cloud: Cloud) -> 
     assert plane.proxy_pid(cloud.workdir) == master
     assert cloud.probe("vpc", lb, 6443, ADMIN_SOURCE) == "-"
     plane.apply(cloud.ns.name, {}, [], cloud.workdir)
+    # This process started it, and reaped it: no zombie (checked before another subprocess call,
+    # with which Python's subprocess module would reap it anyway).
+    assert not Path(f"/proc/{master}").exists()
     assert plane.leftovers(cloud.ns.name) == []
     # With no firewall the worker reaches etcd again: no rule of the old stack filters anything.
     assert cloud.probe("worker-0", cloud.nodes["controller-0"].port.internal_ip, 2379).startswith("controller-0")
