@@ -56,15 +56,15 @@ def base_config(controllers: int, workers: int, binaries: mirror.Mirror, mirrors
 
 
 def smoke_output(stack: LocalStack) -> str:
-    """What the program's smoke test printed on its node, from the engine's state."""
+    """What the program's smoke test steps (in-cluster checks, then the public probe) printed, from the state."""
     exported = json.loads(stack("stack", "export", "--show-secrets").stdout)
-    found = [
-        r
+    steps = {
+        r["urn"].rsplit("::", 1)[-1]: str((r.get("outputs") or {}).get("stdout") or "")
         for r in exported["deployment"]["resources"]
-        if r["type"] == COMMAND and r["urn"].endswith("smoke-test") and "outputs" in r
-    ]
-    assert len(found) == 1, [r["urn"] for r in exported["deployment"]["resources"] if r["type"] == COMMAND]
-    return str(found[0]["outputs"].get("stdout") or "")
+        if r["type"] == COMMAND and "-smoke-test-" in r["urn"]
+    }
+    assert sorted(steps) == ["kthw-smoke-test-cluster", "kthw-smoke-test-public"], sorted(steps)
+    return steps["kthw-smoke-test-cluster"] + steps["kthw-smoke-test-public"]
 
 
 def vms_and_certificates(stack: LocalStack) -> dict[str, str]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from components import versions
 from tests.localcloud import plane
 from tests.localcloud.image import Image
 from tests.localcloud.services import Services, base_config, print_timeline, smoke_output
@@ -43,7 +44,8 @@ def test_up_3x3_ends_with_the_smoke_test_passing(large: LocalStack, figures: dic
     large.up("up_3+3")
     print_timeline(large, "3+3 up", figures)
     out = smoke_output(large)
-    for check in ("encryption:", "deployment:", "dns:", "public"):
+    ready_lines = [f"nodes: worker-{i} is Ready" for i in range(3)]
+    for check in (*ready_lines, "encryption:", "deployment:", "dns:", "audit:", f"serves v{versions.KUBERNETES}"):
         assert check in out, out
     nodes = large.nodes()
     assert sorted(nodes) == [f"{role}-{i}" for role in ("controller", "worker") for i in range(3)]
