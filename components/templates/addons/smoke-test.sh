@@ -82,10 +82,17 @@ kubectl_admin_for "$((check_seconds + kubectl_timeout))" rollout status "deploym
   || fail "deployment: ${deployment} did not become ready: $(kubectl_admin get pods -o wide 2>&1 || true)"
 
 # 4. Exec and logs go API server -> kubelet: they prove the kube-apiserver-to-kubelet RBAC (KTHW ch. 8).
-kubectl_admin exec "deployment/${deployment}" -- nginx -v >/dev/null 2>&1 \
-  || fail "exec: kubectl exec into ${deployment} failed (kubelet authorization?)"
-kubectl_admin logs "deployment/${deployment}" --tail=1 >/dev/null \
-  || fail "logs: kubectl logs of ${deployment} failed (kubelet authorization?)"
+#    A kubelet that was just restarted (a Kubernetes upgrade) is Ready in the API server before its
+#    own server answers (seen on the local cloud): retry until the check's deadline, then fail.
+deadline=$((SECONDS + check_seconds))
+until kubectl_admin exec "deployment/${deployment}" -- nginx -v >/dev/null 2>&1; do
+  [ "${SECONDS}" -lt "${deadline}" ] || fail "exec: kubectl exec into ${deployment} failed for ${check_seconds}s (kubelet authorization?)"
+  sleep 5
+done
+until kubectl_admin logs "deployment/${deployment}" --tail=1 >/dev/null; do
+  [ "${SECONDS}" -lt "${deadline}" ] || fail "logs: kubectl logs of ${deployment} failed for ${check_seconds}s (kubelet authorization?)"
+  sleep 5
+done
 echo "kthw: ${node}: smoke test: deployment: ${deployment} is ready; exec and logs work"
 
 # 5. DNS (KTHW ch. 12): the probe pod resolves kubernetes.default through the cluster DNS service.
