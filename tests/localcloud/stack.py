@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from tests.engine import plugins
-from tests.localcloud import cloud
+from tests.localcloud import cloud, plane
 from tests.localcloud.image import Image
 from tests.localcloud.net import Namespace
 from tests.localcloud.ssh import OPTIONS
@@ -207,6 +207,10 @@ class ApiWatch:
         self.argv = stack.namespace.command(
             "curl",
             "-sS",
+            # From the admin's address: the namespace's default source for its own load balancer's
+            # address would be that address, which no firewall rule admits.
+            "--interface",
+            plane.ADMIN_SOURCE,
             "--max-time",
             "2",
             "--cacert",

@@ -155,7 +155,8 @@ class Gcp:
         **options: Any,
     ) -> Kind:
         """A kind whose resource is a record in the backend under `collection`, named by its `name` input."""
-        short = collection.rstrip("s")
+        # The record kind is the singular: "firewalls" -> "firewall", "addresses" -> "address".
+        short = collection[:-2] if collection.endswith("sses") else collection[:-1]
 
         def path(inputs: dict[str, Any]) -> str:
             where = {
