@@ -23,9 +23,10 @@ pytestmark = pytest.mark.localcloud
 
 KUBECTL = "sudo /usr/local/bin/kubectl --kubeconfig /var/lib/kubernetes/admin.kubeconfig"
 ETCDCTL = (
-    "sudo ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/ca.pem"
-    " --cert=/etc/etcd/kubernetes.pem --key=/etc/etcd/kubernetes-key.pem"
+    "sudo /usr/local/bin/etcdctl --cacert=/etc/etcd/ca.pem --cert=/etc/etcd/kubernetes.pem"
+    " --key=/etc/etcd/kubernetes-key.pem"
 )
+MEMBERS = ("10.240.0.10", "10.240.0.11", "10.240.0.12")
 
 
 @pytest.fixture(scope="module")
@@ -50,21 +51,17 @@ def test_up_3x3_ends_with_the_smoke_test_passing(large: LocalStack, figures: dic
     nodes = large.nodes()
     assert sorted(nodes) == [f"{role}-{i}" for role in ("controller", "worker") for i in range(3)]
 
-    members = large.ssh("controller-0", f"{ETCDCTL} member list -w simple")
+    members = large.ssh("controller-0", f"{ETCDCTL} --endpoints=https://127.0.0.1:2379 member list -w simple")
     started = sorted(line.split(", ")[2] for line in members.stdout.splitlines() if ", started, " in line)
     assert started == ["controller-0", "controller-1", "controller-2"], members
-    health = large.ssh(
-        "controller-1",
-        f"{ETCDCTL} --endpoints=https://10.240.0.10:2379,https://10.240.0.11:2379,https://10.240.0.12:2379"
-        " endpoint health",
-    )
-    assert health.returncode == 0 and health.stdout.count("is healthy") == 3, health
+    endpoints = ",".join(f"https://{ip}:2379" for ip in MEMBERS)
+    health = large.ssh("controller-1", f"{ETCDCTL} --endpoints={endpoints} endpoint health")
+    healthy = {line.split("//")[1].split(":")[0] for line in health.stdout.splitlines() if " is healthy" in line}
+    assert health.returncode == 0 and healthy == set(MEMBERS), health
 
     # Every API server registers its own address as an endpoint of the kubernetes service.
-    endpoints = large.ssh(
-        "controller-2", f"{KUBECTL} get endpoints kubernetes -o jsonpath='{{.subsets[*].addresses[*].ip}}'"
-    )
-    assert sorted(endpoints.stdout.split()) == ["10.240.0.10", "10.240.0.11", "10.240.0.12"], endpoints
+    api = large.ssh("controller-2", f"{KUBECTL} get endpoints kubernetes -o jsonpath='{{.subsets[*].addresses[*].ip}}'")
+    assert sorted(api.stdout.split()) == list(MEMBERS), api
     ready = large.ssh(
         "controller-0",
         f"{KUBECTL} get nodes -o jsonpath='{{range .items[*]}}{{.metadata.name}}="
