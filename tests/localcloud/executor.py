@@ -23,27 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.localcloud.cloud import NETNS_ENV
+from tests.localcloud.ssh import NONINTERACTIVE
 
 # What a dial may take in all (the program's SSH gate bounds itself at 15 minutes).
 DIAL_LIMIT_SECONDS = 15 * 60
 # A script runs at most this long: every program step bounds itself well below it.
 RUN_LIMIT_SECONDS = 30 * 60
-SSH_OPTIONS = (
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "ServerAliveInterval=15",
-    "-o",
-    "ServerAliveCountMax=4",
-)
-# ssh's own failures (no route, refused, auth): the script never started.
-SSH_FAILED = 255
+# ConnectTimeout comes from the connection's perDialTimeout, so not ssh.OPTIONS' own.
+SSH_OPTIONS = (*NONINTERACTIVE, "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4")
 
 
 class SshError(RuntimeError):

@@ -287,6 +287,13 @@ def serve_mirror(
     The caller owns the address (on the namespace's bridge or lo) and stops the server (kill + wait).
     """
     argv = [sys.executable, "-m", "http.server", "--bind", address, "--directory", str(root), str(port)]
+    return start_listening(namespace_name, argv, address, port, log)
+
+
+def start_listening(
+    namespace_name: str, argv: list[str], address: str, port: int, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` inside the namespace, in its own session, and return once address:port listens (else kill it)."""
     with contextlib.ExitStack() as stack:
         out: IO[bytes] | int = stack.enter_context(log.open("ab")) if log else subprocess.DEVNULL
         server = subprocess.Popen(

@@ -24,7 +24,7 @@ from components import addons
 from tests import upstream
 from tests.localcloud import oci
 from tests.localcloud.image import cache_root
-from tests.localcloud.mirror import in_namespace, netns_command, wait_listening
+from tests.localcloud.mirror import in_namespace, start_listening
 from tests.localcloud.oci import Entry
 
 # Where the lead's namespace serves the registry: the bridge's own address (net.GATEWAY), port 5000.
@@ -319,21 +319,7 @@ def serve_registry(
     config = storage_dir / "registry.yml"
     # JSON is YAML: the registry reads this file as it is.
     config.write_text(json.dumps(registry_config(address, port, storage_dir / "data"), indent=2) + "\n")
-    with (storage_dir / "registry.log").open("ab") as log:
-        server = subprocess.Popen(
-            netns_command(namespace_name, found, "serve", str(config)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    try:
-        wait_listening(namespace_name, address, port)
-    except BaseException:
-        server.kill()
-        server.wait()
-        raise
-    return server
+    return start_listening(namespace_name, [found, "serve", str(config)], address, port, storage_dir / "registry.log")
 
 
 class _Client:

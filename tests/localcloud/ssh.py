@@ -9,7 +9,8 @@ from pathlib import Path
 
 from tests.localcloud.net import Namespace
 
-OPTIONS = (
+# For throwaway nodes: no prompts, no host key pinning (every instance makes fresh keys), no noise.
+NONINTERACTIVE = (
     "-o",
     "BatchMode=yes",
     "-o",
@@ -18,9 +19,8 @@ OPTIONS = (
     "UserKnownHostsFile=/dev/null",
     "-o",
     "LogLevel=ERROR",
-    "-o",
-    "ConnectTimeout=5",
 )
+OPTIONS = (*NONINTERACTIVE, "-o", "ConnectTimeout=5")
 
 
 @dataclass(frozen=True)
