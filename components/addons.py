@@ -14,7 +14,7 @@ from components import bounds, remote, versions
 from components.config import ClusterConfig
 from components.control_plane import AUDIT_LOG
 from components.kubeconfig import ENCRYPTION_KEY_NAME
-from components.network import API_PORT
+from components.machine import API_PORT
 from components.pki import CertPair
 from components.render import render, to_yaml
 

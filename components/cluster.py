@@ -1,35 +1,31 @@
-"""The top component: wires network, nodes, PKI and bootstrap together by their outputs."""
+"""The top component: wires a platform's machines, the PKI and the bootstrap together by their outputs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_tls as tls
 
 from components.addons import Addons, AddonsArgs, SmokeTest, SmokeTestArgs
-from components.api_frontend import ApiFrontend, ApiFrontendArgs
-from components.config import ClusterConfig, NodeSpec
+from components.config import ClusterConfig
 from components.control_plane import ControlPlaneArgs, ControlPlaneNode
 from components.etcd import EtcdMember, EtcdMemberArgs
-from components.etcd_backup import EtcdBackupStore, EtcdBackupStoreArgs
 from components.kubeconfig import ADMIN_USER, encryption_config_output, kubeconfig_output
-from components.network import API_PORT, Network, NetworkArgs
-from components.node import Node, NodeArgs
+from components.machine import Machine, PlatformFactory
 from components.pki import Pki, PkiArgs
 from components.worker import WorkerArgs, WorkerNode
 
 
 @dataclass(frozen=True)
 class ClusterArgs:
-    """The whole cluster is a function of its config."""
+    """The whole cluster is a function of its config and the platform it stands on."""
 
     config: ClusterConfig
+    platform: PlatformFactory
 
 
 class Cluster(pulumi.ComponentResource):
-    """Kubernetes The Hard Way on GCE: every resource of the cluster lives below this one.
+    """Kubernetes The Hard Way: every resource of the cluster, the platform's included, lives below this one.
 
     The bootstrap graph is wide across workers, deliberately narrow across controllers: every
     node's steps hang off its own SSH gate; controllers come (and are replaced) one at a time, each
@@ -44,42 +40,21 @@ class Cluster(pulumi.ComponentResource):
         cfg = args.config
         child = pulumi.ResourceOptions(parent=self)
 
-        self.network = Network(f"{name}-network", NetworkArgs(cfg), child)
-        self.public_address: pulumi.Output[str] = self.network.public_address.address
+        # The platform's resources are children of this component too, named as before the platforms
+        # were split out, so a stack's resources keep their URNs.
+        self.platform = args.platform(name, cfg, self)
+        api = self.platform.api
+        self.public_address: pulumi.Output[str] = pulumi.Output.from_input(api.public_address)
+        self.ssh_private_key: pulumi.Output[str] = self.platform.ssh_private_key
 
-        # One SSH key for every node; ED25519 is what current OpenSSH prefers and is quick to make.
-        self.ssh_key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
-        self.ssh_private_key: pulumi.Output[str] = pulumi.Output.secret(self.ssh_key.private_key_openssh)
-
-        # Optional: etcd snapshots copied to a bucket only the controllers' account may write to.
-        self.backup_store = (
-            EtcdBackupStore(f"{name}-etcd-backup", EtcdBackupStoreArgs(cfg), child) if cfg.etcd_backup_bucket else None
-        )
-
-        def node(spec: NodeSpec, after: Sequence[pulumi.Resource] = ()) -> Node:
-            node_args = NodeArgs(
-                config=cfg,
-                spec=spec,
-                subnet=self.network.subnet.id,
-                ssh_public_key=self.ssh_key.public_key_openssh,
-                ssh_private_key=self.ssh_private_key,
-                after=after,
-                service_account_email=(
-                    self.backup_store.service_account_email
-                    if self.backup_store is not None and spec.role == "controller"
-                    else None
-                ),
-            )
-            return Node(f"{name}-{spec.name}", node_args, child)
-
-        self.workers = [node(spec) for spec in cfg.workers]
+        self.workers: list[Machine] = [self.platform.machine(spec) for spec in cfg.workers]
 
         self.pki = Pki(
             f"{name}-pki",
             PkiArgs(
                 config=cfg,
-                public_address=self.public_address,
-                worker_external_ips={w.spec.name: w.external_ip for w in self.workers},
+                api=api,
+                worker_certificate_ips={w.spec.name: w.certificate_ips for w in self.workers},
             ),
             child,
         )
@@ -92,11 +67,11 @@ class Cluster(pulumi.ComponentResource):
         # a fresh cluster's controllers are also created one after another (VM, SSH, etcd download
         # and start, about 1.5-2 minutes each on GCE), which Pulumi cannot tell apart from a
         # replacement; the first member founds the cluster and each next one joins it.
-        self.controllers: list[Node] = []
+        self.controllers: list[Machine] = []
         self.etcd: list[EtcdMember] = []
         for spec in cfg.controllers:
             previous = self.etcd[-1:]
-            controller = node(spec, after=[m for p in previous for m in (p.started, p.leave)])
+            controller = self.platform.machine(spec, after=[m for p in previous for m in (p.started, p.leave)])
             self.controllers.append(controller)
             self.etcd.append(
                 EtcdMember(
@@ -108,7 +83,9 @@ class Cluster(pulumi.ComponentResource):
                         ca=self.pki.ca,
                         server=self.pki.api_server,
                         after=[p.started for p in previous],
-                        backup_bucket=cfg.etcd_backup_bucket,
+                        backup_bucket=self.platform.backup_bucket(),
+                        device=controller.etcd_device,
+                        fingerprint=controller.fingerprint,
                     ),
                     child,
                 )
@@ -121,7 +98,7 @@ class Cluster(pulumi.ComponentResource):
                     config=cfg,
                     spec=c.spec,
                     host=c.host,
-                    public_address=self.public_address,
+                    public_address=api.node_address,
                     pki=self.pki,
                     encryption_config=encryption_config,
                     # Its own member healthy means the cluster has its quorum; waiting for every
@@ -134,19 +111,7 @@ class Cluster(pulumi.ComponentResource):
         ]
         control_plane_healthy = [cp.healthy for cp in self.control_plane]
 
-        self.api_frontend = ApiFrontend(
-            f"{name}-api-frontend",
-            ApiFrontendArgs(
-                config=cfg,
-                network=self.network.vpc.name,
-                address=self.public_address,
-                controllers=[c.host for c in self.controllers],
-                instances=[c.instance for c in self.controllers],
-                control_plane_healthy=control_plane_healthy,
-                worker_addresses={w.spec.name: w.external_ip for w in self.workers},
-            ),
-            child,
-        )
+        self.front_end = self.platform.front_end(self.controllers, control_plane_healthy)
 
         # KTHW ch. 9: kubelets register through the public address, so they wait for the front end.
         self.worker_nodes = [
@@ -156,14 +121,14 @@ class Cluster(pulumi.ComponentResource):
                     config=cfg,
                     spec=w.spec,
                     host=w.host,
-                    public_address=self.public_address,
+                    public_address=api.node_address,
                     ca=self.pki.ca,
                     kubelet=self.pki.kubelets[w.spec.name],
                     kube_proxy=self.pki.kube_proxy,
                     control_plane_ready=[
                         *control_plane_healthy,
-                        *self.api_frontend.ready,
-                        self.api_frontend.worker_access[w.spec.name],
+                        *self.front_end.ready,
+                        *self.front_end.worker_access.get(w.spec.name, ()),
                     ],
                 ),
                 child,
@@ -192,22 +157,23 @@ class Cluster(pulumi.ComponentResource):
                 config=cfg,
                 controller=first_controller,
                 probe=self.workers[0].host,
-                public_address=self.public_address,
+                public_address=api.node_address,
                 depends_on=[
                     self.addons.rbac,
                     self.addons.dns,
                     *([self.addons.metrics_server] if self.addons.metrics_server else []),
                     *workers_ready,
-                    *self.api_frontend.ready,
+                    *self.front_end.ready,
+                    *self.platform.network_ready(),
                     *(step for m in self.etcd for step in (m.leave, m.backup)),
                 ],
             ),
             child,
         )
 
-        # KTHW ch. 10: the admin's kubeconfig reaches the cluster through the load balancer.
+        # KTHW ch. 10: the admin's kubeconfig reaches the cluster through the platform's public endpoint.
         self.admin_kubeconfig: pulumi.Output[str] = kubeconfig_output(
-            server=pulumi.Output.concat("https://", self.public_address, f":{API_PORT}"),
+            server=api.admin_server,
             user=ADMIN_USER,
             ca=self.pki.ca,
             client=self.pki.admin,
@@ -216,11 +182,11 @@ class Cluster(pulumi.ComponentResource):
 
         self.register_outputs({"public_address": self.public_address, "ca_certificate": self.ca_certificate})
 
-    def node_addresses(self, nodes: list[Node]) -> pulumi.Output[dict[str, dict[str, str]]]:
-        """name -> {internal_ip, external_ip} for the stack outputs."""
-        return pulumi.Output.all(*[n.external_ip for n in nodes]).apply(
-            lambda ips: {
-                n.spec.name: {"internal_ip": n.spec.internal_ip, "external_ip": ip}
-                for n, ip in zip(nodes, ips, strict=True)
+    def node_addresses(self, nodes: list[Machine]) -> pulumi.Output[dict[str, dict[str, str]]]:
+        """name -> {internal_ip, external_ip} for the stack outputs; external_ip is how SSH reaches the node."""
+        return pulumi.Output.all(*[n.host.connection.host for n in nodes]).apply(
+            lambda hosts: {
+                n.spec.name: {"internal_ip": n.spec.internal_ip, "external_ip": str(host)}
+                for n, host in zip(nodes, hosts, strict=True)
             }
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,7 +10,6 @@ from pulumi_command import remote as command_remote
 
 from components import artifacts, bounds, remote
 from components.config import ClusterConfig, NodeSpec
-from components.node import ETCD_DEVICE_NAME
 from components.pki import CertPair
 from components.render import render
 
@@ -21,9 +19,8 @@ CONFIG_DIR = "/etc/etcd"
 CA_FILE = f"{CONFIG_DIR}/ca.pem"
 CERT_FILE = f"{CONFIG_DIR}/kubernetes.pem"
 KEY_FILE = f"{CONFIG_DIR}/kubernetes-key.pem"
-# The etcd disk (node.py attaches it with this device name) is mounted here; etcd's data dir and
-# the snapshots live on it, so both survive the VM.
-DEVICE = f"/dev/disk/by-id/google-{ETCD_DEVICE_NAME}"
+# A platform's etcd disk (Machine.etcd_device) is mounted here; etcd's data dir and the snapshots
+# live on it, so both survive the VM. Without one they live on the boot disk, at the same paths.
 MOUNT_POINT = "/var/lib/etcd"
 MOUNT_UNIT = "var-lib-etcd.mount"  # systemd's name for a mount at MOUNT_POINT
 DATA_DIR = f"{MOUNT_POINT}/data"
@@ -186,35 +183,22 @@ def render_backup_units(config: ClusterConfig) -> dict[str, str]:
     }
 
 
-def render_mount_unit() -> str:
-    return render("etcd/var-lib-etcd.mount", device=DEVICE, mount_point=MOUNT_POINT)
+def render_mount_unit(device: str) -> str:
+    return render("etcd/var-lib-etcd.mount", device=device, mount_point=MOUNT_POINT)
 
 
-def render_disk_script(spec: NodeSpec) -> str:
+def render_disk_script(spec: NodeSpec, device: str) -> str:
     """Format the etcd disk only if it has no filesystem, and mount it before etcd starts."""
     return render(
         "etcd/disk.sh",
         node=_controller(spec).name,
-        device=DEVICE,
+        device=device,
         mount_point=MOUNT_POINT,
         data_dir=DATA_DIR,
         unit_name=MOUNT_UNIT,
-        mount_unit=render_mount_unit().rstrip("\n"),
+        mount_unit=render_mount_unit(device).rstrip("\n"),
         systemctl_timeout=bounds.SYSTEMCTL_TIMEOUT_SECONDS,
     )
-
-
-def controller_fingerprint(config: ClusterConfig, spec: NodeSpec) -> str:
-    """What stops or replaces a controller's VM (image, machine type, zone, address): a short digest.
-
-    The ready step re-runs when it changes, so the next controller waits for this one's etcd even
-    when GCE only stopped and started the VM; the preview warning compares it with the last update's.
-    """
-    # The bucket: switching snapshots to a bucket on or off changes the VM's service account, which
-    # GCE changes only on a stopped VM.
-    parts = [config.image, spec.machine_type, config.zone, spec.internal_ip, config.node_cidr]
-    parts += [f"bucket={config.etcd_backup_bucket}"] if config.etcd_backup_bucket else []
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -229,6 +213,10 @@ class EtcdMemberArgs:
     # The previous controller's ready step: this member (re)starts only once that one is healthy.
     after: Sequence[pulumi.Resource] = ()
     backup_bucket: str | None = None
+    # The disk etcd's data lives on (Machine.etcd_device); None keeps it on the boot disk.
+    device: str | None = None
+    # What restarts or replaces the controller (Machine.fingerprint): the ready step re-runs on a change.
+    fingerprint: str = ""
 
 
 class EtcdMember(pulumi.ComponentResource):
@@ -244,7 +232,10 @@ class EtcdMember(pulumi.ComponentResource):
 
         # After the previous member too: moving a member's data off the boot disk (a cluster made
         # before the etcd disk) stops etcd, which must happen on one controller at a time.
-        mount = remote.run(f"{name}-mount", host, render_disk_script(spec), parent=self, depends_on=list(args.after))
+        mounts: list[pulumi.Resource] = []
+        if args.device:
+            disk_script = render_disk_script(spec, args.device)
+            mounts.append(remote.run(f"{name}-mount", host, disk_script, parent=self, depends_on=list(args.after)))
         binaries = remote.run(f"{name}-binaries", host, artifacts.install_script(cfg, spec.name, ["etcd"]), parent=self)
         files = [
             remote.RemoteFile(UNIT_PATH, render_etcd_unit(cfg, spec)),
@@ -266,7 +257,7 @@ class EtcdMember(pulumi.ComponentResource):
             files=files,
             units=["etcd"],
             no_block=True,
-            depends_on=[binaries, mount, *args.after],
+            depends_on=[binaries, *mounts, *args.after],
         )
         # Runs again whenever the member restarts (its files changed) or its VM is stopped or
         # replaced, so whatever waits on it waits for this member to be back.
@@ -275,7 +266,7 @@ class EtcdMember(pulumi.ComponentResource):
             host,
             f"sudo {READY_SCRIPT}\n",
             parent=self,
-            triggers=[remote.fingerprint(files), controller_fingerprint(cfg, spec)],
+            triggers=[remote.fingerprint(files), args.fingerprint],
             depends_on=[deployed],
         )
         # Leaving is a resource of its own that VM replacement does not replace (no replace_with,

@@ -10,6 +10,7 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from components.config import ClusterConfig
+from components.machine import ApiEndpoint
 
 # ECDSA P-256 everywhere: every Kubernetes component, etcd and kubectl accept it, and it is quick to make.
 KEY_ALGORITHM = "ECDSA"
@@ -160,7 +161,7 @@ def api_server_sans(config: ClusterConfig) -> tuple[list[str], list[str]]:
     """The API server cert's IP SANs known from config (all but the public address) and its DNS SANs.
 
     The IPs are, in order: the `kubernetes` service IP, every controller's internal IP, 127.0.0.1;
-    the Pki puts the public address before 127.0.0.1, as KTHW's list does.
+    the Pki puts the platform's API addresses (GCE: the public address) before 127.0.0.1, as KTHW's list does.
     """
     ips = [config.kubernetes_service_ip, *(c.internal_ip for c in config.controllers), LOOPBACK]
     return ips, list(API_SERVER_DNS_NAMES)
@@ -173,11 +174,11 @@ def early_renewal_hours(validity_hours: int) -> int:
 
 @dataclass(frozen=True)
 class PkiArgs:
-    """What the PKI needs: config, the API's public address, and each worker's external IP (for its SANs)."""
+    """What the PKI needs: config, the API's endpoint, and each worker's addresses beyond its internal IP."""
 
     config: ClusterConfig
-    public_address: pulumi.Input[str]
-    worker_external_ips: Mapping[str, pulumi.Input[str]]
+    api: ApiEndpoint
+    worker_certificate_ips: Mapping[str, Sequence[pulumi.Input[str]]]
 
 
 class Pki(pulumi.ComponentResource):
@@ -199,9 +200,9 @@ class Pki(pulumi.ComponentResource):
     def __init__(self, name: str, args: PkiArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kthw:index:Pki", name, None, opts)
         cfg = args.config
-        missing = [w.name for w in cfg.workers if w.name not in args.worker_external_ips]
+        missing = [w.name for w in cfg.workers if w.name not in args.worker_certificate_ips]
         if missing:
-            raise ValueError(f"PkiArgs.worker_external_ips lacks workers {missing}")
+            raise ValueError(f"PkiArgs.worker_certificate_ips lacks workers {missing}")
         self._name = name
         self._config = cfg
 
@@ -214,15 +215,15 @@ class Pki(pulumi.ComponentResource):
         api_ips, api_dns = api_server_sans(cfg)
         self.api_server = self._leaf(
             API_SERVER,
-            ip_addresses=[*api_ips[:-1], args.public_address, api_ips[-1]],
-            dns_names=api_dns,
+            ip_addresses=[*api_ips[:-1], *args.api.certificate_ips, api_ips[-1]],
+            dns_names=[*api_dns, *args.api.certificate_dns],
         )
 
-        # KTHW ch. 4 names each kubelet by host name, external IP and internal IP.
+        # KTHW ch. 4 names each kubelet by host name, internal IP and (on GCE) external IP.
         self.kubelets = {
             w.name: self._leaf(
                 kubelet_identity(w.name),
-                ip_addresses=[w.internal_ip, args.worker_external_ips[w.name]],
+                ip_addresses=[w.internal_ip, *args.worker_certificate_ips[w.name]],
                 dns_names=[w.name],
             )
             for w in cfg.workers

@@ -9,7 +9,6 @@ from typing import Any
 import pulumi
 
 from components.config import ClusterConfig, ConfigError, ConfigErrors, check_controller_shrink
-from components.etcd import controller_fingerprint
 
 # The stack output that records, per controller, what replaces or restarts its VM.
 FINGERPRINTS_OUTPUT = "controller_fingerprints"
@@ -17,16 +16,13 @@ FINGERPRINTS_OUTPUT = "controller_fingerprints"
 CONTROLLERS_OUTPUT = "controllers"
 
 
-def fingerprints(config: ClusterConfig) -> dict[str, str]:
-    """name -> controller fingerprint, the value exported for the next update to compare with."""
-    return {c.name: controller_fingerprint(config, c) for c in config.controllers}
+def replaced_controllers(previous: Mapping[str, Any] | None, now: Mapping[str, str]) -> list[str]:
+    """Controllers that exist in the last update and whose machine this update replaces or restarts.
 
-
-def replaced_controllers(previous: Mapping[str, Any] | None, config: ClusterConfig) -> list[str]:
-    """Controllers that exist in the last update and whose VM this update replaces or restarts."""
+    `now` maps each controller to its platform's fingerprint (platforms.PlatformChoice.fingerprints).
+    """
     if not previous:
         return []
-    now = fingerprints(config)
     return [name for name, fp in now.items() if name in previous and previous[name] != fp]
 
 
@@ -47,7 +43,7 @@ def replacement_warning(names: list[str], config: ClusterConfig) -> str | None:
     )
 
 
-def check_previous(config: ClusterConfig) -> pulumi.Output[None]:
+def check_previous(config: ClusterConfig, fingerprints: Mapping[str, str]) -> pulumi.Output[None]:
     """Compare this update with the last one, via a StackReference to this very stack.
 
     The engine reads a stack reference in preview as in update, so `pulumi preview` shows the
@@ -72,7 +68,7 @@ def check_previous(config: ClusterConfig) -> pulumi.Output[None]:
             except ConfigError as error:
                 # As every config problem: a RunError, one line and no traceback.
                 raise ConfigErrors([str(error)]) from None
-        if warning := replacement_warning(replaced_controllers(fps, config), config):
+        if warning := replacement_warning(replaced_controllers(fps, fingerprints), config):
             pulumi.log.warn(warning)
 
     return pulumi.Output.all(previous_fingerprints, previous_controllers).apply(check)

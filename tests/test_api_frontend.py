@@ -25,15 +25,15 @@ from pulumi_gcp import compute
 
 from components import config as config_module
 from components import remote
-from components.api_frontend import (
+from components.config import ClusterConfig
+from components.render import TEMPLATES
+from platforms.gcp.api_frontend import (
     HEALTHZ_SITE_PATH,
     ApiFrontend,
     ApiFrontendArgs,
     install_nginx_script,
     render_healthz_site,
 )
-from components.config import ClusterConfig
-from components.render import TEMPLATES
 from tests.harness import Recording, run_components
 from tests.tools import require_tool
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from components import addons, artifacts, bounds, node, remote, worker
+from components import addons, artifacts, bounds, remote, ssh_gate, worker
 from components import config as config_module
 from components import control_plane as cp
 from components.render import TEMPLATES
@@ -427,7 +427,7 @@ def test_an_apt_get_that_never_returns_fails_the_prepare_step(tmp_path: Path) ->
 
 def test_a_cloud_init_that_never_finishes_fails_the_ssh_gate(tmp_path: Path) -> None:
     env = _stubs(tmp_path, {"sudo": 'exec "$@"', "cloud-init": "exec sleep 600"})
-    result, elapsed = _timed(["bash", "-c", node.ssh_ready_script("worker-2", cloud_init_timeout=1)], env)
+    result, elapsed = _timed(["bash", "-c", ssh_gate.ssh_ready_script("worker-2", cloud_init_timeout=1)], env)
     assert result.returncode == 1
     assert elapsed < 15, elapsed
     assert result.stderr == "kthw: worker-2: ssh gate: cloud-init did not finish within 1s\n"
@@ -436,7 +436,7 @@ def test_a_cloud_init_that_never_finishes_fails_the_ssh_gate(tmp_path: Path) -> 
 
 def test_cloud_init_errors_do_not_stop_the_gate(tmp_path: Path) -> None:
     env = _stubs(tmp_path, {"sudo": 'exec "$@"', "cloud-init": "exit 2"})
-    result, _ = _timed(["bash", "-c", node.ssh_ready_script("worker-2", cloud_init_timeout=5)], env)
+    result, _ = _timed(["bash", "-c", ssh_gate.ssh_ready_script("worker-2", cloud_init_timeout=5)], env)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "kthw: worker-2: ready\n"
     assert "cloud-init reported errors (exit 2); continuing" in result.stderr

@@ -21,6 +21,8 @@ from components import etcd, remote
 from components.config import ClusterConfig
 from components.kubeconfig import encryption_config_output
 from components.pki import Pki, PkiArgs
+from platforms import gcp
+from platforms.gcp.node import ETCD_DEVICE
 from tests.harness import Recording, bundle, run_components
 from tests.tools import directives, shellcheck, verify_unit
 
@@ -277,7 +279,9 @@ def build(cfg: ClusterConfig = CONFIG) -> Recording:
         pki = Pki(
             "pki",
             PkiArgs(
-                config=cfg, public_address=PUBLIC, worker_external_ips={w.name: "198.51.100.50" for w in cfg.workers}
+                config=cfg,
+                api=gcp.api_endpoint(PUBLIC),
+                worker_certificate_ips={w.name: ["198.51.100.50"] for w in cfg.workers},
             ),
         )
         hosts = {}
@@ -292,7 +296,9 @@ def build(cfg: ClusterConfig = CONFIG) -> Recording:
             members.append(
                 etcd.EtcdMember(
                     f"{spec.name}-etcd",
-                    etcd.EtcdMemberArgs(cfg, spec, hosts[spec.name], ca=pki.ca, server=pki.api_server, after=after),
+                    etcd.EtcdMemberArgs(
+                        cfg, spec, hosts[spec.name], ca=pki.ca, server=pki.api_server, after=after, device=ETCD_DEVICE
+                    ),
                 )
             )
         encryption = encryption_config_output(pki.encryption_key)

@@ -11,6 +11,7 @@ import pytest
 
 from components import config as config_module
 from components import etcd
+from platforms.gcp.node import ETCD_DEVICE
 from tests import etcd_real
 from tests.test_control_plane import build, flag_dict
 from tests.tools import directives, shellcheck, verify_unit
@@ -78,7 +79,7 @@ def test_etcd_scripts_pass_shellcheck(script: str, tmp_path: Path) -> None:
         "restore": lambda: etcd.render_restore_script(spec),
         "backup": lambda: etcd.render_backup_script(spec, None),
         "backup-to-bucket": lambda: etcd.render_backup_script(spec, "kthw-etcd-backups"),
-        "disk": lambda: etcd.render_disk_script(spec),
+        "disk": lambda: etcd.render_disk_script(spec, ETCD_DEVICE),
     }[script]()
     shellcheck(text, tmp_path, script)
 

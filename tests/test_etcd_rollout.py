@@ -12,6 +12,7 @@ import pytest
 
 from components import config as config_module
 from components import etcd
+from platforms.gcp.node import ETCD_DEVICE
 from tests.harness import Recording, cached, diff, run_program
 from tests.tools import find_tool
 
@@ -34,7 +35,7 @@ def test_each_controller_has_its_own_etcd_disk_attached_by_a_stable_device_name(
         # GCE deletes an attached (non-boot) disk with its instance only when told to: never here.
         assert "autoDelete" not in attached
     assert "attachedDisks" not in ha.by_name("kthw-worker-0-instance").inputs
-    assert etcd.DEVICE == "/dev/disk/by-id/google-etcd"
+    assert ETCD_DEVICE == "/dev/disk/by-id/google-etcd"
 
 
 def test_an_image_change_replaces_vms_but_not_their_etcd_disks() -> None:
@@ -222,7 +223,7 @@ def run_disk(shims: Path, blkid_rc: int, blkid_out: str = "") -> tuple[subproces
     (shims / "blkid.rc").write_text(str(blkid_rc))
     (shims / "blkid.out").write_text(blkid_out)
     # A real block device stands in for the etcd disk: the shims never touch it.
-    script = etcd.render_disk_script(config_module.load({}, _GCP).controllers[0]).replace(etcd.DEVICE, "/dev/loop0")
+    script = etcd.render_disk_script(config_module.load({}, _GCP).controllers[0], "/dev/loop0")
     script = script.replace(etcd.MOUNT_POINT, str(shims / "mnt"))
     env = {"PATH": f"{shims / 'bin'}:/usr/bin:/bin"}
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=30)
@@ -252,7 +253,7 @@ def test_the_disk_step_formats_only_a_blank_disk(shims: Path) -> None:
 
 
 def test_the_mount_unit_names_the_device_and_the_mount_point() -> None:
-    unit = etcd.render_mount_unit()
+    unit = etcd.render_mount_unit(ETCD_DEVICE)
     assert "What=/dev/disk/by-id/google-etcd\n" in unit and "Where=/var/lib/etcd\n" in unit
     assert etcd.DATA_DIR.startswith(etcd.MOUNT_POINT + "/") and etcd.BACKUP_DIR.startswith(etcd.MOUNT_POINT + "/")
 

@@ -16,6 +16,7 @@ import yaml
 from components import kubeconfig as kc
 from components.config import ClusterConfig
 from components.pki import CertPair, Pki, PkiArgs
+from platforms import gcp
 from tests.harness import Recording
 from tests.test_pki import PUBLIC_ADDRESS, external_ip, make_config, run_mocked
 from tests.tools import require_tool
@@ -117,7 +118,7 @@ def cluster_kubeconfigs(cfg: ClusterConfig) -> Recording:
 
     def build() -> dict[str, pulumi.Output[Any]]:
         ips = {w.name: external_ip(w.name) for w in cfg.workers}
-        pki = Pki("kthw-pki", PkiArgs(cfg, PUBLIC_ADDRESS, ips))
+        pki = Pki("kthw-pki", PkiArgs(cfg, gcp.api_endpoint(PUBLIC_ADDRESS), {w: [ip] for w, ip in ips.items()}))
         out: dict[str, pulumi.Output[Any]] = {
             "admin": kc.kubeconfig_output(server=PUBLIC_SERVER, user=kc.ADMIN_USER, ca=pki.ca, client=pki.admin),
             "admin-local": kc.kubeconfig_output(server=LOCAL_SERVER, user=kc.ADMIN_USER, ca=pki.ca, client=pki.admin),

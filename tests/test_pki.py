@@ -21,6 +21,7 @@ from components import config as config_mod
 from components import pki as pki_mod
 from components.config import ClusterConfig
 from components.pki import CertPair, Pki, PkiArgs
+from platforms import gcp
 from tests import fake_tls
 from tests.harness import Recording, run_components, watch
 from tests.tools import require_tool
@@ -77,7 +78,9 @@ def pki_outputs(pki: Pki) -> dict[str, pulumi.Output[Any]]:
 def build_pki(cfg: ClusterConfig, *, preview: bool = False) -> Recording:
     def build() -> dict[str, pulumi.Output[Any]]:
         ips = {w.name: external_ip(w.name) for w in cfg.workers}
-        return pki_outputs(Pki("kthw-pki", PkiArgs(cfg, PUBLIC_ADDRESS, ips)))
+        return pki_outputs(
+            Pki("kthw-pki", PkiArgs(cfg, gcp.api_endpoint(PUBLIC_ADDRESS), {w: [ip] for w, ip in ips.items()}))
+        )
 
     return run_mocked(build, preview=preview)
 
@@ -360,7 +363,7 @@ def test_preview_before_the_address_exists() -> None:
     cfg = make_config(controllerCount=1, workerCount=1)
 
     def build() -> dict[str, pulumi.Output[Any]]:
-        pki = Pki("kthw-pki", PkiArgs(cfg, unknown_output(), {"worker-0": "198.51.100.10"}))
+        pki = Pki("kthw-pki", PkiArgs(cfg, gcp.api_endpoint(unknown_output()), {"worker-0": ["198.51.100.10"]}))
         return pki_outputs(pki)
 
     run = run_mocked(build, preview=True)
@@ -379,7 +382,7 @@ def test_missing_worker_ip_is_refused() -> None:
     cfg = make_config(controllerCount=1, workerCount=2)
 
     def build() -> None:
-        Pki("kthw-pki", PkiArgs(cfg, PUBLIC_ADDRESS, {"worker-0": "198.51.100.1"}))
+        Pki("kthw-pki", PkiArgs(cfg, gcp.api_endpoint(PUBLIC_ADDRESS), {"worker-0": ["198.51.100.1"]}))
 
     with pytest.raises(ValueError, match=r"worker-1"):
         run_components(build)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components import node, remote
+from components import remote, ssh_gate
 from tests.tools import require_tool
 
 # sudo runs the command as is (dropping -o/-g root when the test is not root); systemctl logs its
@@ -211,7 +211,7 @@ def test_no_block_is_only_for_steps_that_ask() -> None:
     [
         remote.deploy_script("worker-0", "kubelet", [remote.RemoteFile("/a", "x")], ["kubelet"]),
         remote.deploy_script("controller-0", "config", [remote.RemoteFile("/a", "x")]),
-        node.ssh_ready_script("worker-0"),
+        ssh_gate.ssh_ready_script("worker-0"),
     ],
     ids=["deploy", "deploy-no-units", "ssh-ready"],
 )

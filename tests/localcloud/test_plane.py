@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from components import api_frontend
+from platforms.gcp import api_frontend
 from tests import harness
 from tests.localcloud import plane
 from tests.localcloud.net import BRIDGE, GATEWAY, Namespace

@@ -6,30 +6,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
-from pulumi_command import remote as command_remote
 from pulumi_gcp import compute
 
-from components import bounds, remote
+from components import remote, ssh_gate
 from components.config import ClusterConfig, NodeSpec
-from components.render import render
 
 BOOT_DISK_GB = 20
 # KTHW also grants compute-rw, storage-ro, service-management and service-control so its nodes can
 # look themselves up with gcloud; this program injects every such value, so nodes keep only what
 # the guest agent's logging and monitoring need.
 SCOPES = ("logging-write", "monitoring")
-# How long a VM may take from creation to accepting SSH and finishing cloud-init.
-SSH_READY_TIMEOUT = bounds.duration(bounds.SSH_READY_TIMEOUT_SECONDS)
 # Each controller's etcd data lives on a disk of its own that outlives the VM (see Node). SSD-backed
 # balanced PD: etcd is sensitive to fsync latency, and 10 GB is far above its default 2 GB quota.
 ETCD_DISK_GB = 10
 ETCD_DISK_TYPE = "pd-balanced"
-ETCD_DEVICE_NAME = "etcd"  # the guest sees /dev/disk/by-id/google-etcd
-
-
-def ssh_ready_script(node: str, cloud_init_timeout: int = bounds.CLOUD_INIT_TIMEOUT_SECONDS) -> str:
-    """The gate's script: sshd accepts the key, and cloud-init finishes within its bound."""
-    return render("node/ssh-ready.sh", node=node, cloud_init_timeout=cloud_init_timeout)
+ETCD_DEVICE_NAME = "etcd"
+# GCE names an attached disk's device after its device name.
+ETCD_DEVICE = f"/dev/disk/by-id/google-{ETCD_DEVICE_NAME}"
 
 
 @dataclass(frozen=True)
@@ -115,19 +108,10 @@ class Node(pulumi.ComponentResource):
             lambda nics: (nics[0].access_configs or [])[0].nat_ip or ""
         )
         connection = remote.connection(self.external_ip, cfg.ssh_user, args.ssh_private_key)
-        self.ssh_ready = command_remote.Command(
-            f"{name}-ssh-ready",
-            connection=connection,
-            create=ssh_ready_script(spec.name),
-            add_previous_output_in_env=False,
-            # A replaced VM answers on a new address with an empty disk: the gate, and with it
-            # every step that names it in replace_with, runs again.
-            triggers=[self.instance.instance_id],
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                # A changed script (or a replaced VM) runs the gate again: bound that run too.
-                custom_timeouts=pulumi.CustomTimeouts(create=SSH_READY_TIMEOUT, update=SSH_READY_TIMEOUT),
-            ),
+        # A replaced VM answers on a new address with an empty disk: the gate, and with it every
+        # step that names it in replace_with, runs again.
+        self.ssh_ready = ssh_gate.gate(
+            f"{name}-ssh-ready", connection, spec.name, triggers=[self.instance.instance_id], parent=self
         )
         self.host = remote.Host(name=spec.name, connection=connection, ready=self.ssh_ready)
         self.register_outputs({"internal_ip": spec.internal_ip, "external_ip": self.external_ip})

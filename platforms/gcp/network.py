@@ -8,8 +8,8 @@ import pulumi
 from pulumi_gcp import compute
 
 from components.config import ClusterConfig
+from components.machine import API_PORT
 
-API_PORT = 6443
 ETCD_PORTS = "2379-2380"
 # Below the default 1000 of every allow rule here.
 ETCD_DENY_PRIORITY = 900

@@ -10,7 +10,7 @@ from pulumi_gcp import compute
 
 from components import bounds, remote
 from components.config import ClusterConfig
-from components.network import API_PORT
+from components.machine import API_PORT
 from components.render import render
 
 # The Host header the health check sends, and the server_name nginx answers it on.
