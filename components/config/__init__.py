@@ -22,7 +22,7 @@ from components import versions
 T = TypeVar("T")
 
 # The program's own project file: the one place that declares every kthw: key.
-PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
+PROJECT_FILE = Path(__file__).resolve().parents[2] / "Pulumi.yaml"
 NAMESPACE = "kthw"
 
 # Where KTHW puts its nodes inside nodeCidr: controller-i at host .1i, worker-i at host .2i.
