@@ -9,21 +9,18 @@ import ipaddress
 import itertools
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
-
-import pulumi
-import yaml
+from typing import Any
 
 from components import versions
-
-T = TypeVar("T")
-
-# The program's own project file: the one place that declares every kthw: key.
-PROJECT_FILE = Path(__file__).resolve().parents[2] / "Pulumi.yaml"
-NAMESPACE = "kthw"
+from components.config import stack
+from components.config.problems import ConfigError, ConfigErrors, Problems
+from components.config.stack import GCP_KEYS as GCP_KEYS
+from components.config.stack import NAMESPACE, unknown_keys
+from components.config.stack import PROJECT_FILE as PROJECT_FILE
+from components.config.stack import declared_keys as declared_keys
+from components.config.stack import stack_values as stack_values
 
 # Where KTHW puts its nodes inside nodeCidr: controller-i at host .1i, worker-i at host .2i.
 CONTROLLER_HOST_OFFSET = 10
@@ -67,25 +64,6 @@ _REGISTRY_HOST = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*(:[0-9]{{1,5}})?$")
 _MIRROR_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
 # GCS bucket names without dots (dotted names need domain verification): 3-63 characters.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
-
-
-class ConfigError(ValueError):
-    """A stack config value the program refuses, with the key, the value and what is allowed."""
-
-    def __init__(self, key: str, value: object, allowed: str) -> None:
-        self.key = key if ":" in key else f"{NAMESPACE}:{key}"
-        super().__init__(f"{self.key} = {value!r} is invalid: {allowed}")
-
-
-class ConfigErrors(pulumi.RunError):
-    """Every problem of a stack's config, one line each.
-
-    A RunError, so the Python language host prints the message alone, with no traceback.
-    """
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -270,56 +248,10 @@ class ClusterConfig:
 
 # --- loading -----------------------------------------------------------------------------------
 
-GCP_KEYS = ("project", "region", "zone")
-
-
-@functools.cache
-def declared_keys() -> tuple[str, ...]:
-    """Every kthw: key, as Pulumi.yaml declares it (without the namespace): the one list of valid keys."""
-    declared = yaml.safe_load(PROJECT_FILE.read_text()).get("config") or {}
-    keys = []
-    for key in declared:
-        namespace, _, name = str(key).rpartition(":")
-        if namespace in ("", NAMESPACE):
-            keys.append(name)
-    return tuple(keys)
-
-
-def stack_values() -> dict[str, Any]:
-    """The stack's whole config as the SDK holds it: `namespace:key` -> value (strings, lists as JSON).
-
-    The language host hands the config over in PULUMI_CONFIG and loads it into the runtime's map;
-    an Automation API or test program sets the map directly. Both are read, the map winning.
-    """
-    import pulumi.runtime.config as runtime_config
-
-    return {**pulumi.runtime.get_config_env(), **runtime_config.CONFIG.get()}
-
 
 def from_stack() -> ClusterConfig:
     """Read the current stack's config (kthw: and gcp: namespaces) and validate it."""
-    kthw: dict[str, Any] = {}
-    for key in stack_values():
-        namespace, _, name = key.partition(":")
-        if namespace == NAMESPACE:
-            kthw[name] = pulumi.runtime.get_config(key)
-    gcp = pulumi.Config("gcp")
-    return load(kthw, {f"gcp:{key}": gcp.get(key) for key in GCP_KEYS})
-
-
-class _Problems:
-    """Collects what is wrong with the config, so the user sees every problem at once."""
-
-    def __init__(self) -> None:
-        self.found: list[str] = []
-
-    def check(self, parse: Callable[[], T]) -> T | None:
-        """parse()'s value, or None after noting the ConfigError it raised."""
-        try:
-            return parse()
-        except ConfigError as error:
-            self.found.append(str(error))
-            return None
+    return load(*stack.read())
 
 
 def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
@@ -329,8 +261,8 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     (as Pulumi.yaml defaults and structured stack files give them); "" means unset.
     Raises ConfigErrors naming every problem; a check that needs a value already refused is skipped.
     """
-    problems = _Problems()
-    problems.found.extend(_unknown_keys(cfg))
+    problems = Problems()
+    problems.found.extend(unknown_keys(cfg))
 
     region = problems.check(lambda: _gce_name(gcp, "gcp:region", required=True))
     zone = problems.check(lambda: _gce_name(gcp, "gcp:zone", required=True))
@@ -617,7 +549,7 @@ def _object(cfg: Mapping[str, Any], key: str, example: str) -> dict[str, Any]:
     return {str(k): v for k, v in raw.items()}
 
 
-def _binary_digests(cfg: Mapping[str, Any], problems: _Problems) -> tuple[tuple[str, str], ...] | None:
+def _binary_digests(cfg: Mapping[str, Any], problems: Problems) -> tuple[tuple[str, str], ...] | None:
     """kthw:binaryDigests: artifact name -> the SHA-256 its download must have, replacing the pinned one."""
     digests = problems.check(lambda: _object(cfg, "binaryDigests", '{"kubelet": "<sha256sum of the file>"}'))
     if digests is None:
@@ -643,7 +575,7 @@ def _binary_digest(name: str, digest: object) -> tuple[str, str]:
     return name, digest
 
 
-def _registry_mirrors(cfg: Mapping[str, Any], problems: _Problems) -> tuple[tuple[str, str], ...] | None:
+def _registry_mirrors(cfg: Mapping[str, Any], problems: Problems) -> tuple[tuple[str, str], ...] | None:
     """kthw:registryMirrors: registry host -> the http(s) URL containerd pulls that registry's images from."""
     example = '{"registry.k8s.io": "https://mirror.example.com:5000"}'
     mirrors = problems.check(lambda: _object(cfg, "registryMirrors", example))
@@ -722,22 +654,6 @@ def _overlaps(nets: Mapping[str, ipaddress.IPv4Network]) -> list[str]:
     return found
 
 
-def _unknown_keys(cfg: Mapping[str, Any]) -> list[str]:
-    """A problem per key Pulumi.yaml does not declare, with the closest declared key (a typo is the usual cause)."""
-    known = declared_keys()
-    by_lower = {k.lower(): k for k in known}
-    found = []
-    for key in sorted(set(cfg) - set(known)):
-        close = difflib.get_close_matches(key.lower(), list(by_lower), n=1)
-        hint = (
-            f"did you mean {NAMESPACE}:{by_lower[close[0]]}?"
-            if close
-            else "Pulumi.yaml declares " + ", ".join(f"{NAMESPACE}:{k}" for k in known)
-        )
-        found.append(f"{NAMESPACE}:{key} is not a known key: {hint}")
-    return found
-
-
 def _cluster_name(
     cfg: Mapping[str, Any],
     controllers: int | None,
@@ -804,7 +720,7 @@ def _project(raw: object) -> str | None:
     return project
 
 
-def _admin_ranges(cfg: Mapping[str, Any], problems: _Problems) -> tuple[str, ...] | None:
+def _admin_ranges(cfg: Mapping[str, Any], problems: Problems) -> tuple[str, ...] | None:
     raw = cfg.get("adminSourceRanges") or ["0.0.0.0/0"]
     if isinstance(raw, str):
         try:
