@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components import versions
-from components.config import stack
+from components.config import stack, values
 from components.config.problems import ConfigError, ConfigErrors, Problems
 from components.config.stack import GCP_KEYS as GCP_KEYS
 from components.config.stack import NAMESPACE, unknown_keys
@@ -32,10 +32,7 @@ GCE_RESERVED_TAIL = 2
 CLUSTER_DNS_HOST_OFFSET = 10
 POD_CIDR_PREFIX = 24
 
-# RFC 1035 labels as GCE accepts them for resource names, zones and machine types.
-_GCE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _IMAGE = re.compile(r"^([a-z][-a-z0-9]{0,61}[a-z0-9]/)?[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-_VERSION = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")
 # GCP project IDs: 6-30 of lowercase letters, digits and hyphens, starting with a letter.
 _PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 # What the example stack files ship with, so a forgotten `pulumi config set gcp:project` is caught here.
@@ -264,12 +261,12 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     problems = Problems()
     problems.found.extend(unknown_keys(cfg))
 
-    region = problems.check(lambda: _gce_name(gcp, "gcp:region", required=True))
-    zone = problems.check(lambda: _gce_name(gcp, "gcp:zone", required=True))
+    region = problems.check(lambda: values.gce_name(gcp, "gcp:region"))
+    zone = problems.check(lambda: values.gce_name(gcp, "gcp:zone"))
     if region is not None and zone is not None and not zone.startswith(region + "-"):
         problems.found.append(str(ConfigError("gcp:zone", zone, f"a zone of region {region!r}, like {region}-a")))
 
-    nets = {key: problems.check(functools.partial(_network, cfg, key, DEFAULT_CIDRS[key])) for key in DEFAULT_CIDRS}
+    nets = {key: problems.check(values.network, cfg, key, DEFAULT_CIDRS[key]) for key in DEFAULT_CIDRS}
     node_net, cluster_net, service_net = nets["nodeCidr"], nets["clusterCidr"], nets["serviceCidr"]
     problems.found.extend(_overlaps({k: v for k, v in nets.items() if v is not None}))
 
@@ -296,7 +293,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         )
 
     controller_count = problems.check(
-        lambda: _count(
+        lambda: values.count(
             cfg,
             "controllerCount",
             3,
@@ -322,7 +319,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
             2 ** (POD_CIDR_PREFIX - cluster_net.prefixlen),
         )
     worker_count = problems.check(
-        lambda: _count(
+        lambda: values.count(
             cfg,
             "workerCount",
             3,
@@ -331,11 +328,11 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         )
     )
 
-    machine_type = problems.check(lambda: _gce_name(cfg, "machineType", default="e2-standard-2"))
+    machine_type = problems.check(lambda: values.gce_name(cfg, "machineType", default="e2-standard-2"))
     role_machine_types: dict[str, str | None] = {}
     for key in ("controllerMachineType", "workerMachineType"):
         if cfg.get(key) or machine_type is not None:  # an unset one follows machineType, if that is valid
-            role_machine_types[key] = problems.check(functools.partial(_gce_name, cfg, key, default=machine_type))
+            role_machine_types[key] = problems.check(values.gce_name, cfg, key, default=machine_type)
 
     image = str(cfg.get("image") or "ubuntu-os-cloud/ubuntu-2404-lts-amd64")
     if not _IMAGE.match(image):
@@ -372,10 +369,10 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
             )
         )
 
-    validity = problems.check(lambda: _int(cfg, "certValidityHours", 8760))
+    validity = problems.check(lambda: values.integer(cfg, "certValidityHours", 8760))
     if validity is not None and not 24 <= validity <= 10 * 8760:
         problems.found.append(str(ConfigError("certValidityHours", validity, "between 24 hours and ten years (87600)")))
-    rotation = problems.check(lambda: _int(cfg, "certRotation", 0))
+    rotation = problems.check(lambda: values.integer(cfg, "certRotation", 0))
     if rotation is not None and rotation < 0:
         problems.found.append(
             str(
@@ -403,7 +400,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     project = problems.check(lambda: _project(gcp.get("gcp:project")))
     admin_ranges = _admin_ranges(cfg, problems)
     component_versions = {
-        field_name: problems.check(functools.partial(_version, cfg, key, default))
+        field_name: problems.check(values.version, cfg, key, default)
         for field_name, key, default in (
             ("kubernetes", "kubernetesVersion", versions.KUBERNETES),
             ("etcd", "etcdVersion", versions.ETCD),
@@ -413,8 +410,10 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
             ("crictl", "crictlVersion", versions.CRICTL),
         )
     }
-    audit_level = problems.check(functools.partial(_choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS)))
-    metrics_server = problems.check(functools.partial(_bool, cfg, "metricsServer", True))
+    audit_level = problems.check(
+        functools.partial(values.choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS))
+    )
+    metrics_server = problems.check(values.boolean, cfg, "metricsServer", True)
     names = problems.check(lambda: _cluster_name(cfg, controller_count, worker_count, cluster_net))
     binary_digests = _binary_digests(cfg, problems)
     registry_mirrors = _registry_mirrors(cfg, problems)
@@ -506,55 +505,12 @@ def even_controller_warning(config: ClusterConfig) -> str | None:
 # --- field parsers -----------------------------------------------------------------------------
 
 
-def _int(cfg: Mapping[str, Any], key: str, default: int) -> int:
-    raw = cfg.get(key, default)
-    if raw is None or raw == "":
-        return default
-    if isinstance(raw, bool):
-        raise ConfigError(key, raw, "a whole number")
-    if isinstance(raw, float) and raw.is_integer():
-        return int(raw)
-    if isinstance(raw, int):
-        return raw
-    try:
-        return int(str(raw).strip())
-    except ValueError:
-        raise ConfigError(key, raw, "a whole number") from None
-
-
-def _bool(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
-    raw = cfg.get(key, default)
-    if raw is None or raw == "":
-        return default
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text not in ("true", "false"):
-        raise ConfigError(key, raw, "true or false")
-    return text == "true"
-
-
-def _object(cfg: Mapping[str, Any], key: str, example: str) -> dict[str, Any]:
-    """A string-keyed object: a mapping, or its JSON as the language host hands it over; unset is {}."""
-    raw = cfg.get(key)
-    if raw is None or raw == "":
-        return {}
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            raise ConfigError(key, raw, f"an object, e.g. {example}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(key, raw, f"an object, e.g. {example}")
-    return {str(k): v for k, v in raw.items()}
-
-
 def _binary_digests(cfg: Mapping[str, Any], problems: Problems) -> tuple[tuple[str, str], ...] | None:
     """kthw:binaryDigests: artifact name -> the SHA-256 its download must have, replacing the pinned one."""
-    digests = problems.check(lambda: _object(cfg, "binaryDigests", '{"kubelet": "<sha256sum of the file>"}'))
+    digests = problems.check(lambda: values.json_object(cfg, "binaryDigests", '{"kubelet": "<sha256sum of the file>"}'))
     if digests is None:
         return None
-    checked = [problems.check(functools.partial(_binary_digest, name, digest)) for name, digest in digests.items()]
+    checked = [problems.check(_binary_digest, name, digest) for name, digest in digests.items()]
     return tuple(sorted(c for c in checked if c is not None)) if None not in checked else None
 
 
@@ -578,10 +534,10 @@ def _binary_digest(name: str, digest: object) -> tuple[str, str]:
 def _registry_mirrors(cfg: Mapping[str, Any], problems: Problems) -> tuple[tuple[str, str], ...] | None:
     """kthw:registryMirrors: registry host -> the http(s) URL containerd pulls that registry's images from."""
     example = '{"registry.k8s.io": "https://mirror.example.com:5000"}'
-    mirrors = problems.check(lambda: _object(cfg, "registryMirrors", example))
+    mirrors = problems.check(lambda: values.json_object(cfg, "registryMirrors", example))
     if mirrors is None:
         return None
-    checked = [problems.check(functools.partial(_registry_mirror, host, url)) for host, url in mirrors.items()]
+    checked = [problems.check(_registry_mirror, host, url) for host, url in mirrors.items()]
     return tuple(sorted(c for c in checked if c is not None)) if None not in checked else None
 
 
@@ -599,41 +555,6 @@ def _registry_mirror(host: str, url: object) -> tuple[str, str]:
             f"the mirror of {host}: an http(s) URL, e.g. https://mirror.example.com:5000",
         )
     return host, url.rstrip("/")
-
-
-def _choice(cfg: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
-    """One of `allowed`, matched case-insensitively and returned as `allowed` spells it."""
-    raw = cfg.get(key) or default
-    by_lower = {a.lower(): a for a in allowed}
-    value = by_lower.get(str(raw).strip().lower())
-    if value is None:
-        raise ConfigError(key, raw, f"one of {', '.join(allowed)}")
-    return value
-
-
-def _count(cfg: Mapping[str, Any], key: str, default: int, maximum: int | None, why: str) -> int:
-    """A count of at least 1; at most `maximum` where that is known (None: it hangs on a value refused)."""
-    n = _int(cfg, key, default)
-    if maximum is None and n < 1:
-        raise ConfigError(key, n, "at least 1")
-    if maximum is not None and not 1 <= n <= maximum:
-        raise ConfigError(key, n, f"between 1 and {maximum} ({why})")
-    return n
-
-
-def _network(cfg: Mapping[str, Any], key: str, default: str) -> ipaddress.IPv4Network:
-    raw = cfg.get(key) or default
-    if "/" not in str(raw):  # ip_network would read a bare address as a /32
-        raise ConfigError(key, raw, "an IPv4 CIDR with a prefix length, like 10.240.0.0/24")
-    try:
-        net = ipaddress.ip_network(str(raw), strict=True)
-    except ValueError:
-        raise ConfigError(key, raw, "an IPv4 CIDR with no host bits set, like 10.240.0.0/24") from None
-    if not isinstance(net, ipaddress.IPv4Network):
-        raise ConfigError(key, raw, "an IPv4 CIDR (GCE subnets and KTHW's routes are IPv4)")
-    if not net.is_private:
-        raise ConfigError(key, raw, "a private (RFC 1918) range")
-    return net
 
 
 def _overlaps(nets: Mapping[str, ipaddress.IPv4Network]) -> list[str]:
@@ -662,7 +583,7 @@ def _cluster_name(
 ) -> GceNames:
     """The cluster name every GCE name derives from; each derived name must still be a GCE name."""
     name = str(cfg.get("clusterName") or DEFAULT_CLUSTER_NAME)
-    if not _GCE_NAME.match(name):
+    if not values.GCE_NAME.match(name):
         raise ConfigError(
             "clusterName", name, "a GCE name: lowercase letters, digits and '-', starting with a letter, at most 63"
         )
@@ -686,26 +607,6 @@ def _cluster_name(
             f"{longest!r}, must fit in {GCE_NAME_MAX}",
         )
     return names
-
-
-def _gce_name(cfg: Mapping[str, Any], key: str, default: str | None = None, required: bool = False) -> str:
-    raw = cfg.get(key) or default
-    if raw is None:
-        raise ConfigError(key, None, f"required: set it with `pulumi config set {key} ...`")
-    value = str(raw)
-    if not _GCE_NAME.match(value):
-        raise ConfigError(
-            key, value, "a GCE name: lowercase letters, digits and '-', starting with a letter, at most 63"
-        )
-    return value
-
-
-def _version(cfg: Mapping[str, Any], key: str, default: str) -> str:
-    raw = str(cfg.get(key) or default)
-    value = raw.removeprefix("v")
-    if not _VERSION.match(value):
-        raise ConfigError(key, raw, "a release version like 1.32.3 (a leading 'v' is allowed)")
-    return value
 
 
 def _project(raw: object) -> str | None:
@@ -735,7 +636,7 @@ def _admin_ranges(cfg: Mapping[str, Any], problems: Problems) -> tuple[str, ...]
             str(ConfigError("adminSourceRanges", raw, 'a non-empty list of CIDRs, e.g. ["203.0.113.0/24"]'))
         )
         return None
-    ranges = [problems.check(functools.partial(_admin_range, item)) for item in raw]
+    ranges = [problems.check(_admin_range, item) for item in raw]
     return tuple(r for r in ranges if r is not None) if None not in ranges else None
 
 
