@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import difflib
 import functools
-import hashlib
 import ipaddress
 import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from components import versions
 from components.config import stack, values
+from components.config.names import DEFAULT_CLUSTER_NAME as DEFAULT_CLUSTER_NAME
+from components.config.names import GCE_NAME_MAX as GCE_NAME_MAX
+from components.config.names import KTHW_SHORT_NAME as KTHW_SHORT_NAME
+from components.config.names import GceNames, cluster_name
 from components.config.problems import ConfigError, ConfigErrors, Problems
 from components.config.stack import GCP_KEYS as GCP_KEYS
 from components.config.stack import NAMESPACE, unknown_keys
@@ -38,12 +41,6 @@ _PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 # What the example stack files ship with, so a forgotten `pulumi config set gcp:project` is caught here.
 PROJECT_PLACEHOLDER = "your-gcp-project"
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# GCE names resource names with RFC 1035 labels of at most 63 characters.
-GCE_NAME_MAX = 63
-# With this cluster name every GCE name is KTHW's own (VPC kubernetes-the-hard-way, subnet kubernetes, ...).
-DEFAULT_CLUSTER_NAME = "kubernetes-the-hard-way"
-# KTHW's second prefix: the subnet, health check, target pool, forwarding rule and routes start with it.
-KTHW_SHORT_NAME = "kubernetes"
 # The smallest nodeCidr with room for worker-0 at host .20 and GCE's reserved tail.
 MIN_NODE_CIDR_PREFIX = 32 - (WORKER_HOST_OFFSET + GCE_RESERVED_TAIL).bit_length()
 DEFAULT_CIDRS = {"nodeCidr": "10.240.0.0/24", "clusterCidr": "10.200.0.0/16", "serviceCidr": "10.32.0.0/24"}
@@ -61,106 +58,6 @@ _REGISTRY_HOST = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*(:[0-9]{{1,5}})?$")
 _MIRROR_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
 # GCS bucket names without dots (dotted names need domain verification): 3-63 characters.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
-
-
-@dataclass(frozen=True)
-class GceNames:
-    """Every GCE resource name, derived from kthw:clusterName; the default gives KTHW's own names."""
-
-    cluster: str = DEFAULT_CLUSTER_NAME
-
-    @property
-    def is_default(self) -> bool:
-        return self.cluster == DEFAULT_CLUSTER_NAME
-
-    @property
-    def _short(self) -> str:
-        return KTHW_SHORT_NAME if self.is_default else self.cluster
-
-    @property
-    def node_prefix(self) -> str:
-        """KTHW's VMs are plain controller-0, worker-0; another cluster's carry its name in front."""
-        return "" if self.is_default else f"{self.cluster}-"
-
-    @property
-    def network(self) -> str:
-        """The VPC, the API's static address and the network tag every VM carries."""
-        return self.cluster
-
-    @property
-    def subnet(self) -> str:
-        return self._short
-
-    @property
-    def allow_internal(self) -> str:
-        return f"{self.cluster}-allow-internal"
-
-    @property
-    def allow_external(self) -> str:
-        return f"{self.cluster}-allow-external"
-
-    @property
-    def deny_etcd(self) -> str:
-        return f"{self.cluster}-deny-etcd-from-workers"
-
-    @property
-    def allow_health_check(self) -> str:
-        return f"{self.cluster}-allow-health-check"
-
-    def worker_api_firewall(self, worker: str) -> str:
-        """The rule that lets one worker's external IP reach the API on the public address."""
-        return f"{self.cluster}-allow-api-from-{worker.removeprefix(self.node_prefix)}"
-
-    @property
-    def health_check(self) -> str:
-        return self._short
-
-    @property
-    def target_pool(self) -> str:
-        return f"{self._short}-target-pool"
-
-    @property
-    def forwarding_rule(self) -> str:
-        return f"{self._short}-forwarding-rule"
-
-    def route(self, pod_cidr: str) -> str:
-        """KTHW's route name for a pod CIDR: 10.200.1.0/24 -> kubernetes-route-10-200-1-0-24."""
-        return f"{self._short}-route-" + pod_cidr.replace(".", "-").replace("/", "-")
-
-    def node(self, role: str, index: int) -> str:
-        """A VM's name, which is also its hostname, its Kubernetes node name and its certificate's."""
-        return f"{self.node_prefix}{role}-{index}"
-
-    def etcd_disk(self, controller: str) -> str:
-        """A controller's etcd disk, named after its VM (so unique per cluster name): controller-0-etcd."""
-        return f"{controller}-etcd"
-
-    @property
-    def backup_account(self) -> str:
-        """The controllers' service account ID (6-30 characters): KTHW's own, or one per cluster name."""
-        if self.is_default:
-            return "kthw-controllers"
-        return f"kthw-{hashlib.sha256(self.cluster.encode()).hexdigest()[:10]}-etcd"
-
-    def every_name(self, controllers: int, pod_cidrs: Sequence[str]) -> list[str]:
-        """Every GCE name a cluster of this shape uses (workers by their pod CIDRs)."""
-        workers = [self.node("worker", i) for i in range(len(pod_cidrs))]
-        return [
-            self.network,
-            self.subnet,
-            self.allow_internal,
-            self.allow_external,
-            self.deny_etcd,
-            self.allow_health_check,
-            self.health_check,
-            self.target_pool,
-            self.forwarding_rule,
-            *(self.node("controller", i) for i in range(controllers)),
-            *(self.etcd_disk(self.node("controller", i)) for i in range(controllers)),
-            *workers,
-            *(self.worker_api_firewall(w) for w in workers),
-            *(self.route(cidr) for cidr in pod_cidrs),
-        ]
 
 
 @dataclass(frozen=True)
@@ -414,7 +311,11 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         functools.partial(values.choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS))
     )
     metrics_server = problems.check(values.boolean, cfg, "metricsServer", True)
-    names = problems.check(lambda: _cluster_name(cfg, controller_count, worker_count, cluster_net))
+    first_pod_cidrs = None
+    if worker_count is not None and cluster_net is not None:
+        subnets = cluster_net.subnets(new_prefix=POD_CIDR_PREFIX)
+        first_pod_cidrs = [str(net) for net in itertools.islice(subnets, worker_count)]
+    names = problems.check(cluster_name, cfg, controller_count, first_pod_cidrs)
     binary_digests = _binary_digests(cfg, problems)
     registry_mirrors = _registry_mirrors(cfg, problems)
 
@@ -573,40 +474,6 @@ def _overlaps(nets: Mapping[str, ipaddress.IPv4Network]) -> list[str]:
                 str(ConfigError(key, str(net), f"a range that does not overlap {NAMESPACE}:{other} ({other_net})"))
             )
     return found
-
-
-def _cluster_name(
-    cfg: Mapping[str, Any],
-    controllers: int | None,
-    workers: int | None,
-    cluster_net: ipaddress.IPv4Network | None,
-) -> GceNames:
-    """The cluster name every GCE name derives from; each derived name must still be a GCE name."""
-    name = str(cfg.get("clusterName") or DEFAULT_CLUSTER_NAME)
-    if not values.GCE_NAME.match(name):
-        raise ConfigError(
-            "clusterName", name, "a GCE name: lowercase letters, digits and '-', starting with a letter, at most 63"
-        )
-    if name == KTHW_SHORT_NAME:
-        raise ConfigError(
-            "clusterName",
-            name,
-            f"a name other than {KTHW_SHORT_NAME!r}: the default cluster's subnet and health check have it",
-        )
-    names = GceNames(name)
-    if controllers is None or workers is None or cluster_net is None:
-        return names  # the length check needs the shape; its own problem is reported already
-    pod_cidrs = [str(net) for net in itertools.islice(cluster_net.subnets(new_prefix=POD_CIDR_PREFIX), workers)]
-    longest = max(names.every_name(controllers, pod_cidrs), key=len)
-    if len(longest) > GCE_NAME_MAX:
-        limit = GCE_NAME_MAX - (len(longest) - len(name))
-        raise ConfigError(
-            "clusterName",
-            name,
-            f"at most {limit} characters for this cluster: the longest GCE name made from it, "
-            f"{longest!r}, must fit in {GCE_NAME_MAX}",
-        )
-    return names
 
 
 def _project(raw: object) -> str | None:
