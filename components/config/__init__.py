@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import functools
 import ipaddress
-import itertools
 import json
 import re
 from collections.abc import Mapping
@@ -14,26 +13,26 @@ from typing import Any
 
 from components import versions
 from components.config import stack, values
+from components.config.addresses import CLUSTER_DNS_HOST_OFFSET as CLUSTER_DNS_HOST_OFFSET
+from components.config.addresses import CONTROLLER_HOST_OFFSET as CONTROLLER_HOST_OFFSET
+from components.config.addresses import DEFAULT_CIDRS as DEFAULT_CIDRS
+from components.config.addresses import GCE_RESERVED_TAIL as GCE_RESERVED_TAIL
+from components.config.addresses import MAX_CONTROLLERS as MAX_CONTROLLERS
+from components.config.addresses import MIN_NODE_CIDR_PREFIX as MIN_NODE_CIDR_PREFIX
+from components.config.addresses import POD_CIDR_PREFIX as POD_CIDR_PREFIX
+from components.config.addresses import WORKER_HOST_OFFSET as WORKER_HOST_OFFSET
+from components.config.addresses import read_plan
 from components.config.names import DEFAULT_CLUSTER_NAME as DEFAULT_CLUSTER_NAME
 from components.config.names import GCE_NAME_MAX as GCE_NAME_MAX
 from components.config.names import KTHW_SHORT_NAME as KTHW_SHORT_NAME
 from components.config.names import GceNames, cluster_name
 from components.config.problems import ConfigError, ConfigErrors, Problems
 from components.config.stack import GCP_KEYS as GCP_KEYS
-from components.config.stack import NAMESPACE, unknown_keys
+from components.config.stack import NAMESPACE as NAMESPACE
 from components.config.stack import PROJECT_FILE as PROJECT_FILE
 from components.config.stack import declared_keys as declared_keys
 from components.config.stack import stack_values as stack_values
-
-# Where KTHW puts its nodes inside nodeCidr: controller-i at host .1i, worker-i at host .2i.
-CONTROLLER_HOST_OFFSET = 10
-WORKER_HOST_OFFSET = 20
-MAX_CONTROLLERS = WORKER_HOST_OFFSET - CONTROLLER_HOST_OFFSET
-# GCE keeps the last two addresses of every subnet (the second-to-last is reserved, the last is broadcast).
-GCE_RESERVED_TAIL = 2
-# The cluster DNS service takes the tenth address of serviceCidr, as KTHW's 10.32.0.10.
-CLUSTER_DNS_HOST_OFFSET = 10
-POD_CIDR_PREFIX = 24
+from components.config.stack import unknown_keys
 
 _IMAGE = re.compile(r"^([a-z][-a-z0-9]{0,61}[a-z0-9]/)?[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 # GCP project IDs: 6-30 of lowercase letters, digits and hyphens, starting with a letter.
@@ -41,9 +40,6 @@ _PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 # What the example stack files ship with, so a forgotten `pulumi config set gcp:project` is caught here.
 PROJECT_PLACEHOLDER = "your-gcp-project"
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# The smallest nodeCidr with room for worker-0 at host .20 and GCE's reserved tail.
-MIN_NODE_CIDR_PREFIX = 32 - (WORKER_HOST_OFFSET + GCE_RESERVED_TAIL).bit_length()
-DEFAULT_CIDRS = {"nodeCidr": "10.240.0.0/24", "clusterCidr": "10.200.0.0/16", "serviceCidr": "10.32.0.0/24"}
 # kthw:auditLevel: the audit policy's catch-all level (audit.k8s.io/v1 spelling), or "off" for no audit log.
 AUDIT_OFF = "off"
 AUDIT_LEVELS = ("None", "Metadata", "Request", "RequestResponse")
@@ -163,67 +159,9 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     if region is not None and zone is not None and not zone.startswith(region + "-"):
         problems.found.append(str(ConfigError("gcp:zone", zone, f"a zone of region {region!r}, like {region}-a")))
 
-    nets = {key: problems.check(values.network, cfg, key, DEFAULT_CIDRS[key]) for key in DEFAULT_CIDRS}
-    node_net, cluster_net, service_net = nets["nodeCidr"], nets["clusterCidr"], nets["serviceCidr"]
-    problems.found.extend(_overlaps({k: v for k, v in nets.items() if v is not None}))
-
-    if cluster_net is not None and cluster_net.prefixlen > POD_CIDR_PREFIX:
-        cluster_net = None  # no worker count fits it
-        problems.found.append(
-            str(
-                ConfigError(
-                    "clusterCidr",
-                    cfg.get("clusterCidr"),
-                    f"a prefix of /{POD_CIDR_PREFIX} or shorter: each worker takes a /{POD_CIDR_PREFIX}",
-                )
-            )
-        )
-    if service_net is not None and service_net.num_addresses <= CLUSTER_DNS_HOST_OFFSET + 1:
-        problems.found.append(
-            str(
-                ConfigError(
-                    "serviceCidr",
-                    str(service_net),
-                    f"a range that holds the cluster DNS address (host .{CLUSTER_DNS_HOST_OFFSET}): /28 or larger",
-                )
-            )
-        )
-
-    controller_count = problems.check(
-        lambda: values.count(
-            cfg,
-            "controllerCount",
-            3,
-            MAX_CONTROLLERS,
-            f"controllers sit at hosts .{CONTROLLER_HOST_OFFSET}-.{WORKER_HOST_OFFSET - 1} of nodeCidr",
-        )
-    )
-    max_workers: int | None = None
-    if node_net is not None and node_net.num_addresses - GCE_RESERVED_TAIL - WORKER_HOST_OFFSET < 1:
-        problems.found.append(
-            str(
-                ConfigError(
-                    "nodeCidr",
-                    str(node_net),
-                    f"a range with room for workers from host .{WORKER_HOST_OFFSET} and GCE's "
-                    f"{GCE_RESERVED_TAIL} reserved last addresses: /{MIN_NODE_CIDR_PREFIX} or larger",
-                )
-            )
-        )
-    elif node_net is not None and cluster_net is not None:
-        max_workers = min(
-            node_net.num_addresses - GCE_RESERVED_TAIL - WORKER_HOST_OFFSET,
-            2 ** (POD_CIDR_PREFIX - cluster_net.prefixlen),
-        )
-    worker_count = problems.check(
-        lambda: values.count(
-            cfg,
-            "workerCount",
-            3,
-            max_workers,
-            f"nodeCidr {node_net} and clusterCidr {cluster_net} hold at most {max_workers} workers",
-        )
-    )
+    plan = read_plan(cfg, problems)
+    node_net, cluster_net, service_net = plan.node_net, plan.cluster_net, plan.service_net
+    controller_count, worker_count = plan.controllers, plan.workers
 
     machine_type = problems.check(lambda: values.gce_name(cfg, "machineType", default="e2-standard-2"))
     role_machine_types: dict[str, str | None] = {}
@@ -311,11 +249,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         functools.partial(values.choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS))
     )
     metrics_server = problems.check(values.boolean, cfg, "metricsServer", True)
-    first_pod_cidrs = None
-    if worker_count is not None and cluster_net is not None:
-        subnets = cluster_net.subnets(new_prefix=POD_CIDR_PREFIX)
-        first_pod_cidrs = [str(net) for net in itertools.islice(subnets, worker_count)]
-    names = problems.check(cluster_name, cfg, controller_count, first_pod_cidrs)
+    names = problems.check(cluster_name, cfg, controller_count, plan.pod_cidrs())
     binary_digests = _binary_digests(cfg, problems)
     registry_mirrors = _registry_mirrors(cfg, problems)
 
@@ -456,24 +390,6 @@ def _registry_mirror(host: str, url: object) -> tuple[str, str]:
             f"the mirror of {host}: an http(s) URL, e.g. https://mirror.example.com:5000",
         )
     return host, url.rstrip("/")
-
-
-def _overlaps(nets: Mapping[str, ipaddress.IPv4Network]) -> list[str]:
-    """One problem per overlapping pair, under the key the user changed (else the later one), naming both."""
-    found = []
-    items = list(nets.items())
-    for i, (key_a, net_a) in enumerate(items):
-        for key_b, net_b in items[i + 1 :]:
-            if not net_a.overlaps(net_b):
-                continue
-            changed_a, changed_b = (str(net) != DEFAULT_CIDRS[key] for key, net in ((key_a, net_a), (key_b, net_b)))
-            (key, net), (other, other_net) = (
-                ((key_a, net_a), (key_b, net_b)) if changed_a and not changed_b else ((key_b, net_b), (key_a, net_a))
-            )
-            found.append(
-                str(ConfigError(key, str(net), f"a range that does not overlap {NAMESPACE}:{other} ({other_net})"))
-            )
-    return found
 
 
 def _project(raw: object) -> str | None:
