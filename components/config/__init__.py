@@ -8,7 +8,6 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from components import versions
@@ -22,10 +21,16 @@ from components.config.addresses import MIN_NODE_CIDR_PREFIX as MIN_NODE_CIDR_PR
 from components.config.addresses import POD_CIDR_PREFIX as POD_CIDR_PREFIX
 from components.config.addresses import WORKER_HOST_OFFSET as WORKER_HOST_OFFSET
 from components.config.addresses import read_plan
+from components.config.model import AUDIT_LEVELS as AUDIT_LEVELS
+from components.config.model import AUDIT_OFF as AUDIT_OFF
+from components.config.model import ClusterConfig as ClusterConfig
+from components.config.model import NodeSpec as NodeSpec
+from components.config.model import Versions as Versions
 from components.config.names import DEFAULT_CLUSTER_NAME as DEFAULT_CLUSTER_NAME
 from components.config.names import GCE_NAME_MAX as GCE_NAME_MAX
 from components.config.names import KTHW_SHORT_NAME as KTHW_SHORT_NAME
-from components.config.names import GceNames, cluster_name
+from components.config.names import GceNames as GceNames
+from components.config.names import cluster_name
 from components.config.problems import ConfigError, ConfigErrors, Problems
 from components.config.stack import GCP_KEYS as GCP_KEYS
 from components.config.stack import NAMESPACE as NAMESPACE
@@ -40,9 +45,6 @@ _PROJECT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$")
 # What the example stack files ship with, so a forgotten `pulumi config set gcp:project` is caught here.
 PROJECT_PLACEHOLDER = "your-gcp-project"
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# kthw:auditLevel: the audit policy's catch-all level (audit.k8s.io/v1 spelling), or "off" for no audit log.
-AUDIT_OFF = "off"
-AUDIT_LEVELS = ("None", "Metadata", "Request", "RequestResponse")
 # kthw:binaryDigests values: a SHA-256 as sha256sum prints it.
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # kthw:registryMirrors keys: a registry as an image reference names it, a DNS name or IPv4 address
@@ -54,89 +56,6 @@ _REGISTRY_HOST = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*(:[0-9]{{1,5}})?$")
 _MIRROR_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
 # GCS bucket names without dots (dotted names need domain verification): 3-63 characters.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    """One VM of the cluster as config determines it: everything but its external IP."""
-
-    name: str
-    role: str  # "controller" or "worker"
-    index: int
-    internal_ip: str
-    machine_type: str
-    pod_cidr: str | None = None  # workers only
-
-
-@dataclass(frozen=True)
-class Versions:
-    """Component versions, without a leading "v"."""
-
-    kubernetes: str = versions.KUBERNETES
-    etcd: str = versions.ETCD
-    containerd: str = versions.CONTAINERD
-    runc: str = versions.RUNC
-    cni: str = versions.CNI
-    crictl: str = versions.CRICTL
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Everything the program needs to know, fixed before the first resource is registered."""
-
-    project: str | None
-    region: str
-    zone: str
-    node_cidr: str
-    cluster_cidr: str
-    service_cidr: str
-    image: str
-    admin_source_ranges: tuple[str, ...]
-    versions: Versions
-    controllers: tuple[NodeSpec, ...]
-    workers: tuple[NodeSpec, ...]
-    ssh_user: str = "kthw"
-    binary_mirror: str | None = None
-    cert_validity_hours: int = 8760
-    cert_rotation: int = 0
-    etcd_backup_bucket: str | None = None
-    names: GceNames = field(default_factory=GceNames)
-    audit_level: str = "Metadata"  # one of AUDIT_LEVELS, or AUDIT_OFF
-    metrics_server: bool = True
-    # kthw:binaryDigests as (artifact, SHA-256) pairs, sorted: digests the user vouches for.
-    binary_digests: tuple[tuple[str, str], ...] = ()
-    # kthw:registryMirrors as (registry host, mirror URL) pairs, sorted.
-    registry_mirrors: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def audit_enabled(self) -> bool:
-        return self.audit_level != AUDIT_OFF
-
-    @property
-    def nodes(self) -> tuple[NodeSpec, ...]:
-        return self.controllers + self.workers
-
-    @property
-    def kubernetes_service_ip(self) -> str:
-        """The ClusterIP of the `kubernetes` service: the first address of serviceCidr."""
-        return str(ipaddress.ip_network(self.service_cidr)[1])
-
-    @property
-    def cluster_dns_ip(self) -> str:
-        return str(ipaddress.ip_network(self.service_cidr)[CLUSTER_DNS_HOST_OFFSET])
-
-    @property
-    def etcd_initial_cluster(self) -> str:
-        """etcd's --initial-cluster: every controller's peer URL, in index order."""
-        return ",".join(f"{c.name}=https://{c.internal_ip}:2380" for c in self.controllers)
-
-    @property
-    def etcd_servers(self) -> str:
-        """kube-apiserver's --etcd-servers: every controller's client URL, in index order."""
-        return ",".join(f"https://{c.internal_ip}:2379" for c in self.controllers)
-
-
-# --- loading -----------------------------------------------------------------------------------
 
 
 def from_stack() -> ClusterConfig:
