@@ -14,6 +14,7 @@ from components import versions
 from components.config import values
 from components.config.model import Versions
 from components.config.problems import ConfigError, Problems
+from components.downloads import NAMES, SHA256
 
 # Each field of Versions, the key that sets it, and its default.
 VERSION_KEYS = (
@@ -25,8 +26,6 @@ VERSION_KEYS = (
     ("crictl", "crictlVersion", versions.CRICTL),
 )
 _BINARY_MIRROR = re.compile(r"^https?://[^\s/]+(/\S*)?$")
-# kthw:binaryDigests values: a SHA-256 as sha256sum prints it.
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # kthw:registryMirrors keys: a registry as an image reference names it, a DNS name or IPv4 address
 # with an optional port (registry.k8s.io, docker.io, 10.0.0.5:5000), in lowercase like containerd's
 # certs.d directories.
@@ -62,14 +61,11 @@ def binary_digests(cfg: Mapping[str, Any], problems: Problems) -> tuple[tuple[st
 
 
 def _binary_digest(name: str, digest: object) -> tuple[str, str]:
-    # Imported here: artifacts builds on ClusterConfig, so it cannot be imported at the top.
-    from components.artifacts import NAMES
-
     if name not in NAMES:
         close = difflib.get_close_matches(name, NAMES, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"one of {', '.join(NAMES)}"
         raise ConfigError("binaryDigests", {name: digest}, f"{name!r} is not an artifact the program downloads: {hint}")
-    if not isinstance(digest, str) or not _SHA256.match(digest):
+    if not isinstance(digest, str) or not SHA256.match(digest):
         raise ConfigError(
             "binaryDigests",
             {name: digest},
