@@ -1,4 +1,4 @@
-"""Render the files under components/templates/: `{{ name }}` placeholders, nothing else.
+"""Render template files (components/templates/, a platform's templates/): `{{ name }}` placeholders, nothing else.
 
 string.Template's `$name` would fight with the shell's own `$`, so templates use `{{ name }}`;
 every placeholder must be given and every value given must be used, so a typo fails loudly.
@@ -18,22 +18,25 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}")
 
 
 @functools.cache
-def _read(name: str) -> str:
-    return (TEMPLATES / name).read_text()
+def _read(path: Path) -> str:
+    return path.read_text()
 
 
-def placeholders(name: str) -> set[str]:
-    """The placeholder names a template uses."""
-    return set(_PLACEHOLDER.findall(_read(name)))
+def placeholders(name: str | Path) -> set[str]:
+    """The placeholder names a template uses (a name under components/templates, or a path)."""
+    return set(_PLACEHOLDER.findall(_read(TEMPLATES / name)))
 
 
-def render(name: str, **values: object) -> str:
-    """Render templates/<name> with `values`; unknown or missing names raise KeyError."""
+def render(name: str | Path, **values: object) -> str:
+    """Render templates/<name> (or the template at an absolute path) with `values`.
+
+    Unknown or missing names raise KeyError.
+    """
     wanted = placeholders(name)
     missing, unused = wanted - values.keys(), values.keys() - wanted
     if missing or unused:
         raise KeyError(f"template {name}: missing {sorted(missing)}, unused {sorted(unused)}")
-    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), _read(name))
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), _read(TEMPLATES / name))
 
 
 # libyaml's emitter is ~10x faster than PyYAML's pure-Python one, which matters when a program

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from components.config import ClusterConfig, NodeSpec
+from components.config.platforms import MACHINES
 from components.machine import PlatformFactory
 
 
@@ -23,6 +24,10 @@ class PlatformChoice:
 
 def choose(config: ClusterConfig) -> PlatformChoice:
     """The platform `config` names. Imported lazily: a stack pays only for its own platform's SDKs."""
+    if config.platform == MACHINES:
+        from platforms import machines
+
+        return PlatformChoice(build=machines.MachinesPlatform, fingerprint=machines.fingerprint)
     from platforms import gcp
 
     return PlatformChoice(build=gcp.GcpPlatform, fingerprint=gcp.fingerprint)

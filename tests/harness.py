@@ -43,6 +43,8 @@ BASE_CONFIG: dict[str, str] = {
     "gcp:region": "us-west1",
     "gcp:zone": "us-west1-c",
 }
+# Keys a stack holds as secrets (`pulumi config set --secret`), as the CLI tells the program.
+SECRET_KEYS = ("kthw:sshPrivateKey",)
 
 
 @dataclass
@@ -307,7 +309,7 @@ def run_components(
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     settings.reset_options()
-    pulumi.runtime.set_all_config(dict(full), secret_keys=[])
+    pulumi.runtime.set_all_config(dict(full), secret_keys=[k for k in SECRET_KEYS if k in full])
     log = _WarningLog()
     monitor = _RecordingMonitor(_Mocks(preview, previous_outputs))
     _watched = watched

@@ -20,7 +20,7 @@ from components.config.addresses import (
     WORKER_HOST_OFFSET,
 )
 from components.config.loader import from_stack, load
-from components.config.model import AUDIT_LEVELS, AUDIT_OFF, ClusterConfig, NodeSpec, Versions
+from components.config.model import AUDIT_LEVELS, AUDIT_OFF, ClusterConfig, NodeSpec, SshTarget, Versions
 from components.config.names import DEFAULT_CLUSTER_NAME, GCE_NAME_MAX, KTHW_SHORT_NAME, GceNames
 from components.config.problems import ConfigError, ConfigErrors
 from components.config.quorum import check_controller_shrink, even_controller_warning
@@ -50,6 +50,7 @@ __all__ = [
     "ConfigErrors",
     "GceNames",
     "NodeSpec",
+    "SshTarget",
     "Versions",
     "check_controller_shrink",
     "declared_keys",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from components.config import rules, sources, stack, values
+from components.config import platforms, rules, sources, stack, values
 from components.config.addresses import AddressPlan, read_plan
 from components.config.model import AUDIT_LEVELS, AUDIT_OFF, ClusterConfig, NodeSpec
 from components.config.names import GceNames, cluster_name
@@ -30,19 +30,28 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     """
     problems = Problems()
     problems.found.extend(stack.unknown_keys(cfg))
-    region, zone = rules.placement(gcp, problems)
+    platform = problems.check(platforms.platform, cfg)
+    on_gcp = platform in (None, platforms.GCP)
+    region, zone = rules.placement(gcp, problems) if on_gcp else ("", "")
     plan = read_plan(cfg, problems)
-    machine_types = rules.machine_types(cfg, problems)
+    machine_types = rules.machine_types(cfg, problems) if on_gcp else {"controller": "", "worker": ""}
+    ssh_user = problems.check(rules.ssh_user, cfg)
+    machines = platforms.machine_list(cfg, problems, plan, ssh_user) if platform == platforms.MACHINES else None
+    if machines is not None:
+        problems.check(platforms.ssh_private_key, cfg)
+    problems.found.extend(platforms.misplaced_keys(cfg, platform))
     fields: dict[str, Any] = {
+        "platform": platform,
         "region": region,
         "zone": zone,
-        "image": problems.check(rules.image, cfg),
-        "ssh_user": problems.check(rules.ssh_user, cfg),
+        "image": problems.check(rules.image, cfg) if on_gcp else "",
+        "ssh_user": ssh_user,
         "binary_mirror": problems.check(sources.binary_mirror, cfg),
         "cert_validity_hours": problems.check(rules.cert_validity_hours, cfg),
         "cert_rotation": problems.check(rules.cert_rotation, cfg),
         "etcd_backup_bucket": problems.check(rules.etcd_backup_bucket, cfg),
-        "project": problems.check(rules.project, gcp),
+        "project": problems.check(rules.project, gcp) if on_gcp else None,
+        "api_address": problems.check(platforms.api_address, cfg),
         "admin_source_ranges": rules.admin_source_ranges(cfg, problems),
         "versions": sources.component_versions(cfg, problems),
         "audit_level": problems.check(values.choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS)),
@@ -53,11 +62,22 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     }
     if problems.found:
         raise ConfigErrors(problems.found)
-    return ClusterConfig(**fields, **_layout(plan, fields["names"], machine_types))
+    if machines is not None:
+        return ClusterConfig(**fields, **_ranges(plan), **platforms.machine_layout(machines))
+    return ClusterConfig(**fields, **_ranges(plan), **_layout(plan, fields["names"], machine_types))
+
+
+def _ranges(plan: AddressPlan) -> dict[str, Any]:
+    """The three ranges of a valid config, as ClusterConfig keeps them."""
+    return {
+        "node_cidr": str(plan.node_net),
+        "cluster_cidr": str(plan.cluster_net),
+        "service_cidr": str(plan.service_net),
+    }
 
 
 def _layout(plan: AddressPlan, names: GceNames, machine_types: Mapping[str, str | None]) -> dict[str, Any]:
-    """The ranges and the nodes of a valid config: each node's name, address, machine type and pod CIDR."""
+    """The nodes of a valid config by count: each node's name, address, machine type and pod CIDR."""
     pod_cidrs = plan.pod_cidrs()
     assert plan.controllers is not None and pod_cidrs is not None, "the layout of a config with problems"
 
@@ -67,9 +87,6 @@ def _layout(plan: AddressPlan, names: GceNames, machine_types: Mapping[str, str 
         return NodeSpec(names.node(role, index), role, index, plan.internal_ip(role, index), machine_type, pod_cidr)
 
     return {
-        "node_cidr": str(plan.node_net),
-        "cluster_cidr": str(plan.cluster_net),
-        "service_cidr": str(plan.service_net),
         "controllers": tuple(node("controller", i) for i in range(plan.controllers)),
         "workers": tuple(node("worker", i, cidr) for i, cidr in enumerate(pod_cidrs)),
     }

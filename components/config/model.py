@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from components import versions
@@ -24,6 +25,15 @@ class NodeSpec:
     internal_ip: str
     machine_type: str
     pod_cidr: str | None = None  # workers only
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """How the program reaches one of your machines (kthw:machines): SSH host (an IP or a name), port and user."""
+
+    host: str
+    port: int
+    user: str
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,11 @@ class ClusterConfig:
     binary_digests: tuple[tuple[str, str], ...] = ()
     # kthw:registryMirrors as (registry host, mirror URL) pairs, sorted.
     registry_mirrors: tuple[tuple[str, str], ...] = ()
+    # kthw:platform: gcp, machines or local.
+    platform: str = "gcp"
+    # With platform machines: node name -> how to reach it; and the API's address, if you run a load balancer.
+    ssh_targets: Mapping[str, SshTarget] = field(default_factory=dict)
+    api_address: str | None = None
 
     @property
     def audit_enabled(self) -> bool:
