@@ -11,6 +11,9 @@ import pytest
 if TYPE_CHECKING:
     from tests.upstream.build import Recipe
 
+# The test pytest runs now (tests/conftest.py sets it); None outside a test, as in `python -m tests.upstream.build`.
+running: pytest.Item | None = None
+
 
 def recipe(name: str) -> Recipe:
     # Imported here so `python -m tests.upstream.build` does not find its own module half-loaded.
@@ -20,7 +23,16 @@ def recipe(name: str) -> Recipe:
 
 
 def require(name: str) -> Path:
-    """The bin directory of a built recipe; a test without it skips, and fails under CI=true."""
+    """The bin directory of a built recipe; a test without it skips, and fails under CI=true.
+
+    Only a test of a slow tier may ask (tests/conftest.py marks the ones it sees asking), so the quick
+    run `pytest -m "not slow"` never needs a build.
+    """
+    if running is not None and running.get_closest_marker("slow") is None:
+        pytest.fail(
+            f"{running.nodeid} needs the {name} build but is not marked slow: tests/conftest.py marks a test"
+            " upstream when it, or a fixture it uses, makes one of the calls in UPSTREAM_CALLS; add this one's"
+        )
     found = recipe(name)
     if found.built():
         return found.out / "bin"

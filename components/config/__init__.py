@@ -1,0 +1,60 @@
+"""ClusterConfig: the stack's configuration, read once, validated, and every derived value.
+
+The package's face: every public name of its modules, so `from components.config import X` serves.
+Reading: stack.py (the stack's values, the keys Pulumi.yaml declares), loader.py (load: each key once).
+Rules: values.py (by kind of value), rules.py and sources.py (by key), problems.py (telling them all).
+Types and what derives from them: model.py, names.py (GCE names), addresses.py (CIDRs, node IPs).
+Between updates: quorum.py (controllerCount against etcd's quorum).
+"""
+
+from __future__ import annotations
+
+from components.config.addresses import (
+    CLUSTER_DNS_HOST_OFFSET,
+    CONTROLLER_HOST_OFFSET,
+    DEFAULT_CIDRS,
+    GCE_RESERVED_TAIL,
+    MAX_CONTROLLERS,
+    MIN_NODE_CIDR_PREFIX,
+    POD_CIDR_PREFIX,
+    WORKER_HOST_OFFSET,
+)
+from components.config.loader import from_stack, load
+from components.config.model import AUDIT_LEVELS, AUDIT_OFF, ClusterConfig, NodeSpec, Versions
+from components.config.names import DEFAULT_CLUSTER_NAME, GCE_NAME_MAX, KTHW_SHORT_NAME, GceNames
+from components.config.problems import ConfigError, ConfigErrors
+from components.config.quorum import check_controller_shrink, even_controller_warning
+from components.config.rules import PROJECT_PLACEHOLDER
+from components.config.stack import GCP_KEYS, NAMESPACE, PROJECT_FILE, declared_keys, stack_values
+
+__all__ = [
+    "AUDIT_LEVELS",
+    "AUDIT_OFF",
+    "CLUSTER_DNS_HOST_OFFSET",
+    "CONTROLLER_HOST_OFFSET",
+    "DEFAULT_CIDRS",
+    "DEFAULT_CLUSTER_NAME",
+    "GCE_NAME_MAX",
+    "GCE_RESERVED_TAIL",
+    "GCP_KEYS",
+    "KTHW_SHORT_NAME",
+    "MAX_CONTROLLERS",
+    "MIN_NODE_CIDR_PREFIX",
+    "NAMESPACE",
+    "POD_CIDR_PREFIX",
+    "PROJECT_FILE",
+    "PROJECT_PLACEHOLDER",
+    "WORKER_HOST_OFFSET",
+    "ClusterConfig",
+    "ConfigError",
+    "ConfigErrors",
+    "GceNames",
+    "NodeSpec",
+    "Versions",
+    "check_controller_shrink",
+    "declared_keys",
+    "even_controller_warning",
+    "from_stack",
+    "load",
+    "stack_values",
+]
