@@ -15,6 +15,7 @@ from tests.harness import ROOT
 FILES = (
     "tests/test_config.py",
     "tests/test_etcd.py",
+    "tests/test_etcd_lifecycle.py",
     "tests/test_worker.py",
     "tests/test_real_control_plane.py",
     "tests/test_real_cli.py",
@@ -52,7 +53,9 @@ def markers() -> dict[str, set[str]]:
 def test_the_quick_run_leaves_out_every_slow_tier(markers: dict[str, set[str]]) -> None:
     quick = {test for test, names in markers.items() if "slow" not in names}
     assert "tests/test_config.py::test_defaults_follow_kthw" in quick
-    assert "tests/test_etcd.py::test_the_first_member_founds_and_the_others_join" in quick  # etcd on loopback
+    # etcd on loopback: a cluster the module shares is quick; one started for each test is the lifecycle tier.
+    assert "tests/test_etcd.py::test_the_first_member_founds_and_the_others_join" in quick
+    assert "tests/test_etcd_lifecycle.py::test_a_replaced_member_rejoins_from_its_kept_data" not in quick
     # Pure tests beside the real control plane stay; the ones on the plane (a build) go.
     assert "tests/test_real_control_plane.py::test_into_root_moves_node_paths_and_nothing_else" in quick
     assert "tests/test_real_control_plane.py::test_etcd_members_form_one_cluster" not in quick
@@ -64,6 +67,7 @@ def test_the_quick_run_leaves_out_every_slow_tier(markers: dict[str, set[str]]) 
 
 
 @pytest.mark.parametrize(("tier", "member"), [
+    ("lifecycle", "tests/test_etcd_lifecycle.py::test_backups_are_kept_by_count_and_restore_into_a_working_cluster"),
     ("upstream", "tests/test_worker.py::test_containerd_pulls_through_the_rendered_mirror"),
     ("engine", "tests/engine/test_providers.py::test_private_key_is_real_and_secret"),
     ("localcloud", "tests/localcloud/test_plane.py::test_firewall_enforces_the_programs_rules"),

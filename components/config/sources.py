@@ -1,6 +1,6 @@
-"""Where binaries and images come from: component versions, a binary mirror, the digests the user vouches
-for, and registry mirrors. Each rule returns the value or raises ConfigError; an object's rule reports every
-bad entry into Problems.
+"""Where binaries and images come from: component versions, binary mirror, binary digests, registry mirrors.
+
+Each rule returns the value or raises ConfigError; an object's rule reports every bad entry into Problems.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ _MIRROR_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~
 
 
 def component_versions(cfg: Mapping[str, Any], problems: Problems) -> Versions | None:
+    """Every component's version (VERSION_KEYS); None when any is refused (each refusal is told)."""
     checked = {field: problems.check(values.version, cfg, key, default) for field, key, default in VERSION_KEYS}
     found = {field: version for field, version in checked.items() if version is not None}
     return Versions(**found) if len(found) == len(checked) else None
