@@ -204,7 +204,7 @@ def test_role_counts_etcd_refuses_are_one_line() -> None:
 
 
 def test_every_problem_at_once_with_keys_of_another_platform() -> None:
-    bad = [{"name": "Server", "role": "master", "address": "", "extra": 1}, {"role": "worker"}]
+    bad: list[dict[str, Any]] = [{"name": "Server", "role": "master", "address": "", "extra": 1}, {"role": "worker"}]
     found = _bad(bad, etcdBackupBucket="my-bucket")
     assert found[0].startswith("kthw:machines[0] = ") and "only the fields" in found[0]
     assert found[1] == (

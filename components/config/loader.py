@@ -51,7 +51,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         "cert_rotation": problems.check(rules.cert_rotation, cfg),
         "etcd_backup_bucket": problems.check(rules.etcd_backup_bucket, cfg),
         "project": problems.check(rules.project, gcp) if on_gcp else None,
-        "api_address": problems.check(platforms.api_address, cfg),
+        "api_address": problems.check(platforms.api_address, cfg) if machines is not None else None,
         "admin_source_ranges": rules.admin_source_ranges(cfg, problems),
         "versions": sources.component_versions(cfg, problems),
         "audit_level": problems.check(values.choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS)),
@@ -87,6 +87,7 @@ def _layout(plan: AddressPlan, names: GceNames, machine_types: Mapping[str, str 
         return NodeSpec(names.node(role, index), role, index, plan.internal_ip(role, index), machine_type, pod_cidr)
 
     return {
+        "ssh_targets": {},
         "controllers": tuple(node("controller", i) for i in range(plan.controllers)),
         "workers": tuple(node("worker", i, cidr) for i, cidr in enumerate(pod_cidrs)),
     }

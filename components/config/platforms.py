@@ -78,7 +78,8 @@ def machine_list(cfg: Mapping[str, Any], problems: Problems, plan: AddressPlan, 
     valid = [e for e in entries if e is not None]
     problems.found.extend(_clashes(valid))
     by_role = {role: [e for e in valid if e[0] == role] for role in ROLES}
-    _check_counts(problems, plan, len(by_role["controller"]), len(by_role["worker"]))
+    if len(valid) == len(entries):  # counted only when every entry was read: one problem per cause
+        _check_counts(problems, plan, len(by_role["controller"]), len(by_role["worker"]))
     pod_cidrs = _pod_cidrs(plan, len(by_role["worker"]))
     controllers = tuple(
         NodeSpec(name, "controller", i, internal, "") for i, (_, name, internal, _) in enumerate(by_role["controller"])
