@@ -118,7 +118,8 @@ class Node(pulumi.ComponentResource):
         self.ssh_ready = command_remote.Command(
             f"{name}-ssh-ready",
             connection=connection,
-            create=ssh_ready_script(spec.name),
+            # Logged (the default): its lines capped, as every logged step's are.
+            create=remote.capped(ssh_ready_script(spec.name)),
             add_previous_output_in_env=False,
             # A replaced VM answers on a new address with an empty disk: the gate, and with it
             # every step that names it in replace_with, runs again.
