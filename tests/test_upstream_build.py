@@ -43,12 +43,15 @@ def test_the_plugins_come_from_the_shared_archives_pinned_by_digest() -> None:
     assert any(path.endswith("pulumi-language-python-exec") for _, _, path in host.files)
 
 
-def test_the_cli_ships_the_dynamic_provider_launcher_beside_it() -> None:
+def test_the_dynamic_provider_launcher_is_on_path_beside_the_cli() -> None:
+    """The CLI's own Python pieces come from sdk/v3 at the CLI's version; the host's -exec from its own."""
+    host = _recipe("pulumi-language-python")
+    shipped = {Path(path).name: (module, version) for module, version, path in host.files}
+    sdk = "github.com/pulumi/pulumi/sdk/v3"
+    assert shipped["pulumi-resource-pulumi-python"] == (sdk, f"v{build.PULUMI_CLI}")
+    assert shipped["pulumi-language-python-exec"] == (sdk, f"v{build.LANGUAGE_PYTHON}")
     cli = _recipe("pulumi")
-    shipped = {(module, version, Path(path).name) for module, version, path in cli.files}
-    sdk = ("github.com/pulumi/pulumi/sdk/v3", f"v{build.PULUMI_CLI}")
-    assert (*sdk, "pulumi-resource-pulumi-python") in shipped
-    assert (*sdk, "pulumi-language-python-exec") in shipped
+    assert {Path(path).name for _, _, path in cli.files} == {"pulumi-language-python-exec"}
 
 
 def test_an_archive_change_changes_the_key_and_proxy_recipes_keep_theirs() -> None:

@@ -228,12 +228,8 @@ def recipes() -> list[Recipe]:
             # pkg/v3's own go.mod swaps the clipboard module for a fork; the wrapper must too.
             staging_from="github.com/pulumi/pulumi/pkg/v3",
             ldflags=(f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v{PULUMI_CLI}",),
-            files=(
-                # The SDK's program runner, which a CLI release ships beside the Python language host.
-                ("github.com/pulumi/pulumi/sdk/v3", f"v{PULUMI_CLI}", "python/cmd/pulumi-language-python-exec"),
-                # The launcher the engine starts for a Python dynamic provider (`pulumi.dynamic`).
-                ("github.com/pulumi/pulumi/sdk/v3", f"v{PULUMI_CLI}", "python/dist/pulumi-resource-pulumi-python"),
-            ),
+            # The SDK's program runner, which a CLI release ships beside the Python language host.
+            files=(("github.com/pulumi/pulumi/sdk/v3", f"v{PULUMI_CLI}", "python/cmd/pulumi-language-python-exec"),),
         ),
         Recipe(
             "pulumi-resource-command",
@@ -264,10 +260,14 @@ def recipes() -> list[Recipe]:
                     f"-require=github.com/pulumi/pulumi/sdk/v3@v{LANGUAGE_PYTHON}",
                 ),
             ),
-            # The host runs programs through the `-exec` script beside its own executable: the one
-            # of its own release, as a CLI release pairs them.
+            # What a CLI release ships for Python beside `pulumi`, each piece at the version of what
+            # calls it: the host runs programs through the `-exec` script beside its own executable
+            # (its own release's), and the engine starts `pulumi-resource-pulumi-python` from PATH
+            # for a Python dynamic provider (`pulumi.dynamic`; the CLI's release). This directory
+            # is on PATH next to the CLI's; the CLI's own recipe is left as it is, so its cache stays valid.
             files=(
                 ("github.com/pulumi/pulumi/sdk/v3", f"v{LANGUAGE_PYTHON}", "python/cmd/pulumi-language-python-exec"),
+                ("github.com/pulumi/pulumi/sdk/v3", f"v{PULUMI_CLI}", "python/dist/pulumi-resource-pulumi-python"),
             ),
         ),
     ]
