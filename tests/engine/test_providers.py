@@ -180,6 +180,7 @@ class EchoExecutor(command.RecordingExecutor):
         script: str,
         stdin: str | None,
         env: dict[str, str],
+        timeout: float | None = None,
     ) -> tuple[str, str]:
         return script, ""
 
