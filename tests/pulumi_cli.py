@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from tests import upstream
+from tests.processes import kill_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "components", "requirements.txt")
@@ -41,8 +41,9 @@ class Cli:
     def __call__(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """Run `pulumi ARGS`; on `timeout` the CLI and every plugin it started are killed, then the test fails."""
         argv = [str(self.binary), *args, "--non-interactive", "--color=never"]
-        # Its own process group: the plugins are the CLI's children, and a step that hangs (a
-        # provider stuck on a remote script) must not outlive the test.
+        # A step that hangs (a provider stuck on a remote script) must not outlive the test: on
+        # timeout the CLI and every plugin below it are killed (the engine starts its plugins in
+        # process groups of their own, so the CLI's group is not enough).
         process = subprocess.Popen(
             argv,
             cwd=self.project,
@@ -56,7 +57,7 @@ class Cli:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            kill_tree(process.pid)
             stdout, stderr = process.communicate()
             raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr) from None
         result = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)

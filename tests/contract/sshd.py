@@ -9,16 +9,15 @@ runs its command, for the program's scripts). Sessions log in as the user runnin
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import os
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.processes import kill_tree
 from tests.tools import require_tool
 
 HOSTS = ("127.0.0.1", "127.0.0.2")
@@ -136,28 +135,10 @@ class Sshd:
                         pending.discard(address)
             time.sleep(0.05)
 
-    def _descendants(self) -> list[int]:
-        """Every process below the listener: sshd forks a session leader per connection."""
-        assert self.process is not None
-        parents: dict[int, int] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(stat.parent.name)] = int(fields[1])
-        found, frontier = [], [self.process.pid]
-        while frontier:
-            children = [pid for pid, parent in parents.items() if parent in frontier]
-            found += children
-            frontier = children
-        return found
-
     def stop(self) -> None:
+        """Stop the listener and every session it forked."""
         if self.process is None:
             return
-        for pid in [*self._descendants(), self.process.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_tree(self.process.pid)
         self.process.wait(timeout=10)
         self.process = None
