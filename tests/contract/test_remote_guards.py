@@ -86,8 +86,8 @@ def test_custom_timeouts_stop_no_script_and_the_gates_own_bound_ends_a_hung_one(
     try:
         guards = stack(tmp_path, sshd, "bounds", cloud_init_timeout=CLOUD_INIT_BOUND, gate_timeout="2s")
         result = guards.up("bounds", check=False, timeout=120)
-    except subprocess.TimeoutExpired as hung:
-        pytest.fail(f"nothing ended the hung gate: the up was killed after {hung.timeout} s")
+    except subprocess.TimeoutExpired as stuck:
+        pytest.fail(f"nothing ended the hung gate: the up was killed after {stuck.timeout} s")
     finally:
         hung.unlink()
         for pid in pids.read_text().split() if pids.exists() else []:
