@@ -84,6 +84,13 @@ class Sshd:
         (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
         (bin_dir / "sudo").chmod(0o755)
         ports = (free_port(), free_port())
+        session_env = {
+            "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+            # bash sources the user's ~/.bashrc when sshd starts it, unless it is not the first
+            # shell: a session here is a fresh VM's, with no rc file of this machine's user in it.
+            "SHLVL": "1",
+            **(env or {}),
+        }
         config = [
             *(f"Port {p}" for p in ports),
             *(f"ListenAddress {h}" for h in HOSTS),
@@ -97,10 +104,7 @@ class Sshd:
             "PermitRootLogin prohibit-password",
             "ExposeAuthInfo yes",
             "AcceptEnv KTHW_* PULUMI_COMMAND_*",
-            "SetEnv "
-            + " ".join(
-                f"{k}={v}" for k, v in {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", **(env or {})}.items()
-            ),
+            "SetEnv " + " ".join(f"{k}={v}" for k, v in session_env.items()),
             "MaxStartups 100:30:200",
             "LogLevel ERROR",
         ]
