@@ -37,10 +37,13 @@ class Cli:
     project: Path
     home: Path  # PULUMI_HOME: plugins go under home/plugins
     state: Path  # the file backend's directory
+    # What the CLI runs under: e.g. `nsenter --net=/run/netns/NAME`, for a tier whose hosts (and so
+    # the real command provider's SSH) live in a network namespace.
+    prefix: tuple[str, ...] = ()
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """Run `pulumi ARGS`; on `timeout` the CLI and every plugin it started are killed, then the test fails."""
-        argv = [str(self.binary), *args, "--non-interactive", "--color=never"]
+        argv = [*self.prefix, str(self.binary), *args, "--non-interactive", "--color=never"]
         # A step that hangs (a provider stuck on a remote script) must not outlive the test: on
         # timeout the CLI and every plugin below it are killed (the engine starts its plugins in
         # process groups of their own, so the CLI's group is not enough).
