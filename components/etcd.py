@@ -275,8 +275,11 @@ class EtcdMember(pulumi.ComponentResource):
         self.leave = command_remote.Command(
             f"{name}-leave",
             connection=host.connection,
-            create=f"echo 'kthw: {spec.name}: etcd member; it leaves the cluster before its VM is deleted'",
-            delete=f"sudo {LEAVE_SCRIPT}\n",
+            # Logged (the default): its lines capped, as every logged step's are.
+            create=remote.capped(
+                f"echo 'kthw: {spec.name}: etcd member; it leaves the cluster before its VM is deleted'"
+            ),
+            delete=remote.capped(f"sudo {LEAVE_SCRIPT}\n"),
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(
                 parent=self,

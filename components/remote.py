@@ -18,6 +18,10 @@ from components.render import render
 # How long one bootstrap step may take (downloads, a cold systemd start) before `pulumi up` fails.
 # The engine does not stop the script then: each script bounds its own waits (components/bounds.py).
 STEP_TIMEOUT = bounds.duration(bounds.STEP_TIMEOUT_SECONDS)
+# The longest line a logged step may print. pulumi-command reads a logged step's output a line at a
+# time with a 64 KiB limit (stdout and stderr share that reader, so two partial lines may meet):
+# a longer line hangs the step forever, so every logged script folds its lines well below it.
+LOG_LINE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,19 @@ def fingerprint(files: Sequence[RemoteFile]) -> pulumi.Output[str]:
     return pulumi.Output.unsecret(digest)
 
 
+def capped(script: str) -> str:
+    """`script` with its stdout and stderr folded into lines of at most LOG_LINE_BYTES bytes.
+
+    For every Command whose output is logged. The fold comes right after the shebang line (or
+    first), before the script's own `set -euo pipefail`, and changes nothing else.
+    """
+    fold = render("common/line-cap.sh", line_bytes=LOG_LINE_BYTES)
+    if script.startswith("#!"):
+        shebang, _, rest = script.partition("\n")
+        return f"{shebang}\n{fold}{rest}"
+    return fold + script
+
+
 def run(
     resource_name: str,
     host: Host,
@@ -102,12 +119,13 @@ def run(
     script converges from any earlier state. `triggers` replace the Command instead; they carry
     what is not in the script itself but must re-run it (the instance it runs on, a binary it
     restarts). A command whose stdin carries a secret logs nothing and keeps stdout and stderr
-    secret, so neither the engine's log nor the state ever shows key material.
+    secret, so neither the engine's log nor the state ever shows key material. Any other command's
+    output is logged, its lines capped (`capped`).
     """
     return remote.Command(
         resource_name,
         connection=host.connection,
-        create=script,
+        create=script if secret_stdin else capped(script),
         stdin=pulumi.Output.secret(stdin) if secret_stdin and stdin is not None else stdin,
         triggers=list(triggers) if triggers else None,
         logging=remote.Logging.NONE if secret_stdin else remote.Logging.STDOUT_AND_STDERR,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pulumi
 from pulumi_command import remote as command_remote
 
-from components import bounds
+from components import bounds, remote
 from components.render import render
 
 # How long a machine may take from creation to accepting SSH and finishing cloud-init.
@@ -32,7 +32,8 @@ def gate(
     return command_remote.Command(
         resource_name,
         connection=connection,
-        create=ssh_ready_script(node),
+        # Logged (the default): its lines capped, as every logged step's are.
+        create=remote.capped(ssh_ready_script(node)),
         add_previous_output_in_env=False,
         triggers=list(triggers) if triggers else None,
         opts=pulumi.ResourceOptions(

@@ -20,7 +20,12 @@ from tests.harness import ROOT, Recording, cached
 # The tiers whose tests are `slow`; the markers are declared in pyproject.toml.
 SLOW_TIERS = ("lifecycle", "upstream", "engine", "localcloud", "live")
 # A folder per tier: everything under it belongs to that tier.
-TIER_FOLDERS = {ROOT / "tests" / "engine": "engine", ROOT / "tests" / "localcloud": "localcloud"}
+TIER_FOLDERS = {
+    ROOT / "tests" / "engine": "engine",
+    ROOT / "tests" / "localcloud": "localcloud",
+    # The real command provider against its stand-in: both need the source builds.
+    ROOT / "tests" / "contract": "upstream",
+}
 # Calls that need the source builds (tests/upstream): a test that makes one, itself or in a fixture it
 # uses, is of the upstream tier. upstream.require refuses a test that is not of a slow tier.
 UPSTREAM_CALLS = ("upstream.require(", "isolated_cli(")

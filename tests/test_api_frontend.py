@@ -333,7 +333,7 @@ def test_each_controller_gets_nginx_then_the_proxy_after_the_control_plane(front
         node = f"controller-{i}"
         install = frontend.by_name(f"api-{node}-nginx")
         assert f"{node}-gate" in install.depends_on
-        assert install.inputs["create"] == install_nginx_script(node)
+        assert install.inputs["create"] == remote.capped(install_nginx_script(node))
         proxy = frontend.by_name(f"api-{node}-healthz-proxy")
         assert {f"{node}-gate", f"api-{node}-nginx", "control-plane-healthy"} <= proxy.depends_on
         assert HEALTHZ_SITE_PATH in proxy.inputs["create"]

@@ -460,7 +460,7 @@ def test_control_plane_deploys(wired: Recording, spec: config_module.NodeSpec) -
     healthy = wired.by_name(f"{n}-cp-healthy")
     (trigger,) = healthy.inputs["triggers"]
     assert "triggers" not in healthy.secret_paths and re.fullmatch(r"[0-9a-f]{64}", trigger)
-    assert healthy.inputs["create"] == cp.render_health_script(spec)
+    assert healthy.inputs["create"] == remote.capped(cp.render_health_script(spec))
 
 
 def test_api_server_serves_no_alpha_apis() -> None:

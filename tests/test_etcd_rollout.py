@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from components import config as config_module
-from components import etcd
+from components import etcd, remote
 from platforms.gcp.node import ETCD_DEVICE
 from tests.harness import Recording, cached, diff, run_program
 from tests.tools import find_tool
@@ -73,7 +73,7 @@ def test_a_member_leaves_the_cluster_before_its_vm_is_deleted() -> None:
     for i in range(3):
         leave = ha.by_name(f"kthw-controller-{i}-etcd-leave")
         assert leave.type == COMMAND
-        assert leave.inputs["delete"] == f"sudo {etcd.LEAVE_SCRIPT}\n"
+        assert leave.inputs["delete"] == remote.capped(f"sudo {etcd.LEAVE_SCRIPT}\n")
         # Deletion runs dependents first: the leave step depends on the VM (its connection), so
         # `member remove` runs while the VM is still there.
         assert f"kthw-controller-{i}-instance" in leave.depends_on

@@ -180,6 +180,7 @@ class EchoExecutor(command.RecordingExecutor):
         script: str,
         stdin: str | None,
         env: dict[str, str],
+        timeout: float | None = None,
     ) -> tuple[str, str]:
         return script, ""
 
@@ -206,3 +207,29 @@ def test_a_later_tier_plugs_in_its_executor_and_backend(tmp_path: Path) -> None:
     asyncio.run(cloud.configure(ConfigureRequest({}, inputs({"project": "p", "zone": "z"}), True, True)))
     _, vm = create(cloud, INSTANCE, "w", VM)
     assert plain(vm["networkInterfaces"])[0]["accessConfigs"][0]["natIp"] == "192.0.2.1"
+
+
+class LongLineExecutor(command.RecordingExecutor):
+    """Answers with one line past the real provider's 64 KiB log reader."""
+
+    def run(
+        self,
+        resource: str,
+        operation: str,
+        connection: dict[str, Any],
+        script: str,
+        stdin: str | None,
+        env: dict[str, str],
+        timeout: float | None = None,
+    ) -> tuple[str, str]:
+        return "x" * (command.LOG_LINE_LIMIT + 1), ""
+
+
+def test_a_logged_line_the_real_provider_would_hang_on_fails_the_step(tmp_path: Path) -> None:
+    provider = command.CommandProvider([command.kind(LongLineExecutor(tmp_path / "r"))])
+    values = {"connection": {"host": "h"}, "create": "yes | head -c 70000"}
+    with pytest.raises(RuntimeError, match="hangs forever on a logged line longer than 65535 bytes"):
+        create(provider, command.TOKEN, "c", values)
+    # Not logged, the same output is only stored, as the real provider does.
+    _, state = create(provider, command.TOKEN, "c", {**values, "logging": "stderr"})
+    assert len(plain(state["stdout"])) == command.LOG_LINE_LIMIT + 1

@@ -9,6 +9,11 @@ and version, and are reused while the recipe is unchanged:
     python -m tests.upstream.build                 # everything
     python -m tests.upstream.build kubernetes etcd # some recipes
     python -m tests.upstream.build --list          # what would be built, and what is cached
+
+Two Pulumi plugins are not served by the proxy at all (`github.com/pulumi/pulumi-command/provider`
+was never tagged; the Python language host's module answers 403): they build from the unmodified
+upstream archives in `../shared/upstream/` (see its README), checked against their SHA-256 first,
+extracted to a throwaway directory and built there. Those archives are build inputs only.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from components import versions
@@ -32,11 +38,34 @@ from components import versions
 # the program needs (replacementTrigger). The Python SDK in requirements.txt may be older.
 PULUMI_CLI = "3.274.1"
 COREDNS = "1.14.2"
+# The two plugins built from ../shared/upstream: the command provider the pulumi-command SDK in
+# requirements.txt asks for (its pulumi-plugin.json), and the newest Python language host whose
+# source could be had (it speaks the CLI's language-host protocol).
+COMMAND_PROVIDER = "1.2.1"
+LANGUAGE_PYTHON = "3.259.0"
+# Where the archives are looked for: this variable, else ../shared/upstream beside the clone
+# (CI's clean clone has it), else the workplace's shared folder.
+SOURCES_ENV = "KTHW_UPSTREAM_SOURCES"
+REPO = Path(__file__).resolve().parent.parent.parent
+DEFAULT_SOURCES = (REPO.parent / "shared" / "upstream", Path("/work/shared/upstream"))
 
 
 def cache_root() -> Path:
     """Outside the repo, kept between runs: $KTHW_CACHE, else ~/.cache/kthw."""
     return Path(os.environ.get("KTHW_CACHE") or Path.home() / ".cache" / "kthw") / "upstream"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """An upstream source archive (../shared/upstream): its file, its SHA-256, and how to build it."""
+
+    file: str
+    sha256: str
+    # The Go module's directory inside the archive: the build runs there.
+    module_dir: str
+    # `go mod edit` arguments, then `go mod tidy`: pins the siblings the module replaces with local
+    # paths that the archive does not hold.
+    edits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,11 +87,23 @@ class Recipe:
     apt: tuple[str, ...] = ()  # Debian packages the build needs (runc's libseccomp)
     # Files copied as they are from a module into bin/: (module, version, path in module).
     files: tuple[tuple[str, str, str], ...] = ()
+    # Built from an upstream archive instead of a wrapper module: `packages` are then relative to
+    # the archive's module directory, and `requires` is empty.
+    archive: Archive | None = None
+
+    def key_fields(self) -> dict[str, object]:
+        """Everything that shapes the output; `archive` only where set, so proxy recipes keep their keys."""
+        shape = dict(self.__dict__)
+        if self.archive is None:
+            del shape["archive"]
+        else:
+            shape["archive"] = asdict(self.archive)
+        return shape
 
     @property
     def key(self) -> str:
         """A digest of everything that shapes the output, so a changed recipe rebuilds."""
-        blob = json.dumps(self.__dict__, sort_keys=True, default=list) + _go_version()
+        blob = json.dumps(self.key_fields(), sort_keys=True, default=list) + _go_version()
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
@@ -190,6 +231,45 @@ def recipes() -> list[Recipe]:
             # The SDK's program runner, which a CLI release ships beside the Python language host.
             files=(("github.com/pulumi/pulumi/sdk/v3", f"v{PULUMI_CLI}", "python/cmd/pulumi-language-python-exec"),),
         ),
+        Recipe(
+            "pulumi-resource-command",
+            COMMAND_PROVIDER,
+            requires={},
+            packages=("./cmd/pulumi-resource-command",),
+            ldflags=(f"-X github.com/pulumi/pulumi-command/provider/pkg/version.Version={COMMAND_PROVIDER}",),
+            archive=Archive(
+                file=f"pulumi-command-v{COMMAND_PROVIDER}-provider.tar.gz",
+                sha256="fb75e890a529036cbf095567c56b21f71bf4225312f4d31a1e2683d8e64d5731",
+                module_dir=f"pulumi-command-v{COMMAND_PROVIDER}/provider",
+            ),
+        ),
+        Recipe(
+            "pulumi-language-python",
+            LANGUAGE_PYTHON,
+            requires={},
+            packages=(".",),
+            ldflags=(f"-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version={LANGUAGE_PYTHON}",),
+            archive=Archive(
+                file=f"pulumi-language-python-v{LANGUAGE_PYTHON}.tar.gz",
+                sha256="2ce827cb6325a6b67a2716f84fbfe914d87886e9c2b38eb39636388b974b669f",
+                module_dir=f"pulumi-language-python-v{LANGUAGE_PYTHON}/sdk/python/cmd/pulumi-language-python",
+                edits=(
+                    "-dropreplace=github.com/pulumi/pulumi/pkg/v3",
+                    "-dropreplace=github.com/pulumi/pulumi/sdk/v3",
+                    f"-require=github.com/pulumi/pulumi/pkg/v3@v{LANGUAGE_PYTHON}",
+                    f"-require=github.com/pulumi/pulumi/sdk/v3@v{LANGUAGE_PYTHON}",
+                ),
+            ),
+            # What a CLI release ships for Python beside `pulumi`, each piece at the version of what
+            # calls it: the host runs programs through the `-exec` script beside its own executable
+            # (its own release's), and the engine starts `pulumi-resource-pulumi-python` from PATH
+            # for a Python dynamic provider (`pulumi.dynamic`; the CLI's release). This directory
+            # is on PATH next to the CLI's; the CLI's own recipe is left as it is, so its cache stays valid.
+            files=(
+                ("github.com/pulumi/pulumi/sdk/v3", f"v{LANGUAGE_PYTHON}", "python/cmd/pulumi-language-python-exec"),
+                ("github.com/pulumi/pulumi/sdk/v3", f"v{PULUMI_CLI}", "python/dist/pulumi-resource-pulumi-python"),
+            ),
+        ),
     ]
 
 
@@ -247,6 +327,49 @@ def _inherited_replaces(recipe: Recipe, env: dict[str, str], cwd: Path) -> dict[
     return out
 
 
+def sources_dir() -> Path:
+    """Where the upstream archives are: $KTHW_UPSTREAM_SOURCES, else the first default that exists."""
+    if os.environ.get(SOURCES_ENV):
+        return Path(os.environ[SOURCES_ENV])
+    return next((d for d in DEFAULT_SOURCES if d.is_dir()), DEFAULT_SOURCES[0])
+
+
+def verified_archive(archive: Archive) -> Path:
+    """The archive's path, after checking its SHA-256; a missing or altered archive stops the build."""
+    path = sources_dir() / archive.file
+    if not path.is_file():
+        searched = os.environ.get(SOURCES_ENV) or " or ".join(str(d) for d in DEFAULT_SOURCES)
+        raise SystemExit(
+            f"upstream archive {archive.file} not found (looked in {searched}; set ${SOURCES_ENV} "
+            "to the folder that holds it, see ../shared/upstream/README.md)"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != archive.sha256:
+        raise SystemExit(
+            f"upstream archive {path} has sha256 {digest}, expected {archive.sha256}: refusing to build it"
+        )
+    return path
+
+
+def _build_archive(recipe: Recipe, archive: Archive, out_bin: Path, env: dict[str, str], tmp: Path) -> None:
+    """Extract a verified archive into `tmp` and build its packages there, as its README's recipe does."""
+    path = verified_archive(archive)
+    tmp.mkdir()
+    with tarfile.open(path) as tar:
+        tar.extractall(tmp, filter="data")
+    module = tmp / archive.module_dir
+    if archive.edits:
+        _go(["mod", "edit", *archive.edits], module, env)
+        _go(["mod", "tidy"], module, env)
+    args = ["build", "-trimpath", "-buildvcs=false", "-o", str(out_bin) + "/"]
+    args += ["-ldflags", " ".join(("-s", "-w", *recipe.ldflags))]
+    _go([*args, *recipe.packages], module, env)
+    if not (out_bin / recipe.name).is_file():
+        raise SystemExit(
+            f"{recipe.name}: the build made {sorted(p.name for p in out_bin.iterdir())}, not {recipe.name}"
+        )
+
+
 def build(recipe: Recipe, log: bool = True) -> Path:
     """Build one recipe into the cache unless it is there already; return its bin directory."""
     bin_dir = recipe.out / "bin"
@@ -257,6 +380,8 @@ def build(recipe: Recipe, log: bool = True) -> Path:
     for package in recipe.apt:
         if shutil.which("dpkg-query") and subprocess.run(["dpkg-query", "-W", package], capture_output=True).returncode:
             raise SystemExit(f"{recipe.name} needs the Debian package {package} (.ci/run installs it)")
+    if recipe.archive is not None:
+        verified_archive(recipe.archive)  # before anything is downloaded or built
     start = time.monotonic()
     env = {
         **os.environ,
@@ -267,21 +392,13 @@ def build(recipe: Recipe, log: bool = True) -> Path:
     }
     with tempfile.TemporaryDirectory(prefix=f"kthw-build-{recipe.name}-") as tmp:
         wrapper = Path(tmp)
-        replaces = _inherited_replaces(recipe, env, wrapper)
-        lines = ["module kthw.test/upstream-build", "", "go 1.26", ""]
-        lines += [f"require {module} {version}" for module, version in sorted(recipe.requires.items())]
-        lines += [f"replace {module} => {target}" for module, target in sorted(replaces.items())]
-        (wrapper / "go.mod").write_text("\n".join(lines) + "\n")
         staging = recipe.out.with_name(recipe.out.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "bin").mkdir(parents=True)
-        args = ["build", "-trimpath", "-o", str(staging / "bin") + "/"]
-        if recipe.tags:
-            args += ["-tags", ",".join(recipe.tags)]
-        args += ["-ldflags", " ".join(("-s", "-w", *recipe.ldflags))]
-        _go(["mod", "download"], wrapper, env)
-        _go([*args, *recipe.packages], wrapper, env)
-        _rename_mains(recipe, staging / "bin")
+        if recipe.archive is not None:
+            _build_archive(recipe, recipe.archive, staging / "bin", env, wrapper / "src")
+        else:
+            _build_wrapper(recipe, staging / "bin", env, wrapper)
         for module, version, path in recipe.files:
             target = staging / "bin" / Path(path).name
             shutil.copyfile(_module_dir(module, version, env, wrapper) / path, target)
@@ -292,6 +409,22 @@ def build(recipe: Recipe, log: bool = True) -> Path:
     if log:
         print(f"{recipe.name} {recipe.version}: built in {time.monotonic() - start:.0f} s", flush=True)
     return bin_dir
+
+
+def _build_wrapper(recipe: Recipe, out_bin: Path, env: dict[str, str], wrapper: Path) -> None:
+    """Build the recipe's packages from a throwaway module that requires them (the proxy serves them)."""
+    replaces = _inherited_replaces(recipe, env, wrapper)
+    lines = ["module kthw.test/upstream-build", "", "go 1.26", ""]
+    lines += [f"require {module} {version}" for module, version in sorted(recipe.requires.items())]
+    lines += [f"replace {module} => {target}" for module, target in sorted(replaces.items())]
+    (wrapper / "go.mod").write_text("\n".join(lines) + "\n")
+    args = ["build", "-trimpath", "-o", str(out_bin) + "/"]
+    if recipe.tags:
+        args += ["-tags", ",".join(recipe.tags)]
+    args += ["-ldflags", " ".join(("-s", "-w", *recipe.ldflags))]
+    _go(["mod", "download"], wrapper, env)
+    _go([*args, *recipe.packages], wrapper, env)
+    _rename_mains(recipe, out_bin)
 
 
 def _rename_mains(recipe: Recipe, bin_dir: Path) -> None:

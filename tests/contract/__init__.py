@@ -1,0 +1,1 @@
+"""Contracts between the real Pulumi plugins and this project's stand-ins, and the program's guards against them."""
