@@ -19,7 +19,7 @@ import pytest
 from tests import upstream
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "components", "requirements.txt")
+PROJECT_FILES = ("Pulumi.yaml", "__main__.py", "components", "platforms", "requirements.txt")
 LANGHOST = Path(__file__).resolve().parent / "upstream" / "langhost.py"
 PASSPHRASE = "kthw-test-passphrase"
 
