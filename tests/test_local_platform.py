@@ -327,6 +327,15 @@ def _free_port() -> int:
         return port
 
 
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
 def _qemu() -> None:
     for tool in (qemu.QEMU, qemu.QEMU_IMG):
         if shutil.which(tool) is None:
@@ -393,12 +402,16 @@ def test_vm_provider_runs_qemu_as_a_daemon_restarts_it_on_update_and_removes_it_
         while vms.read("worker-0", updated.outs or {}).id != "":
             assert time.monotonic() < deadline, "a killed VM still reads as running"
             time.sleep(0.1)
+        qemu_io = [qemu.QEMU_IMG.replace("-img", "-io"), "-f", "qcow2"]
+        subprocess.run([*qemu_io, "-c", "write -P 0x5a 0 64k", str(disk)], check=True, capture_output=True)
         vms.create({**props, "memory_mb": 192})
-        assert disk.stat().st_ino == disk_inode, "a create after a death must boot the kept disk"
+        # -U: read beside the running qemu, which holds the image's write lock.
+        kept = subprocess.run([*qemu_io, "-r", "-U", "-c", "read -P 0x5a 0 64k", str(disk)], capture_output=True)
+        assert kept.returncode == 0 and b"Pattern verification failed" not in kept.stdout, kept.stdout
     finally:
         vms.delete("worker-0", {**props, "memory_mb": 192})
         switches.delete(str(net), {"net_dir": str(net)})
-    assert qemu.running_pid(pid_file, str(pid_file)) is None
+    assert _processes_naming(str(tmp_path)) == []
     assert not (tmp_path / "state").exists()
 
 
@@ -448,3 +461,10 @@ def test_local_vms_refuses_bad_settings_before_registering_anything(tmp_path: Pa
 
     with pytest.raises(Exception, match=r"kthw:localMemoryMb = 1.*worker-0 is listed twice"):
         run_components(build)
+
+
+def test_commas_in_paths_are_doubled_as_qemu_reads_them(tmp_path: Path) -> None:
+    layout = _layout(tmp_path / "a,b", WORKER, 21020, None)
+    joined = " ".join(qemu.command_line(layout, "tcg"))
+    assert f"file.filename={tmp_path}/a,,b/vms/worker-0/disk.qcow2" in joined
+    assert f"local.path={tmp_path}/a,,b/net/worker-0.sock," in joined

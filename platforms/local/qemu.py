@@ -92,6 +92,11 @@ def accel_args(accel: str) -> list[str]:
     return ["-accel", "tcg,thread=multi", "-cpu", "max"]
 
 
+def _opt(path: Path) -> str:
+    """A path as a qemu option value: qemu splits options at commas and reads ",," as one comma."""
+    return str(path).replace(",", ",,")
+
+
 def command_line(layout: VmLayout, accel: str) -> list[str]:
     """The qemu command that runs the VM as a daemon: NAT NIC first (cloud-init's fallback DHCPs the first NIC)."""
     forwards = f"hostfwd=tcp:127.0.0.1:{layout.ssh_port}-:22"
@@ -111,16 +116,16 @@ def command_line(layout: VmLayout, accel: str) -> list[str]:
         "none",
         # Appended, not truncated: the console of every boot of this VM, for a post-mortem.
         "-chardev",
-        f"file,id=console,path={layout.console},append=on",
+        f"file,id=console,path={_opt(layout.console)},append=on",
         "-serial",
         "chardev:console",
         "-blockdev",
-        f"driver=qcow2,node-name=disk,file.driver=file,file.filename={layout.disk}",
+        f"driver=qcow2,node-name=disk,file.driver=file,file.filename={_opt(layout.disk)}",
         "-device",
         "virtio-blk-pci,drive=disk,bootindex=0",
         # The NoCloud seed as a read-only FAT disk made by qemu from the directory: no root, no mkisofs.
         "-blockdev",
-        f"driver=vvfat,node-name=seed,dir={layout.seed},label={SEED_LABEL},read-only=on",
+        f"driver=vvfat,node-name=seed,dir={_opt(layout.seed)},label={SEED_LABEL},read-only=on",
         "-device",
         "virtio-blk-pci,drive=seed",
         "-netdev",
@@ -129,7 +134,7 @@ def command_line(layout: VmLayout, accel: str) -> list[str]:
         f"virtio-net-pci,netdev=nat,mac={layout.nat_mac}",
         "-netdev",
         "dgram,id=cluster,local.type=unix,"
-        f"local.path={layout.vm_socket},remote.type=unix,remote.path={layout.switch_socket}",
+        f"local.path={_opt(layout.vm_socket)},remote.type=unix,remote.path={_opt(layout.switch_socket)}",
         "-device",
         f"virtio-net-pci,netdev=cluster,mac={layout.cluster_mac}",
         "-device",
