@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from tests import pulumi_cli, upstream
+from tests import pulumi_cli
+from tests.dynamic_cli import with_dynamic_providers
 from tests.localcloud import cloud_image, mirror
 from tests.localcloud.ssh import OPTIONS, KeyPair
 from tests.pulumi_cli import Cli
 from tests.tools import skip_or_fail
-from tests.upstream import build
 
 PROGRAM = Path(__file__).parent / "local_program"
 TOOLS = ("qemu-system-x86_64", "qemu-img", "ssh", "ssh-keygen", "ip", "nsenter", "setpriv", "losetup", "mount")
@@ -38,7 +38,6 @@ NODES = {"controller-0": "10.240.0.10", "worker-0": "10.240.0.20"}
 # One vCPU and the least the platform allows: two VMs share a 2-core host with other work.
 MEMORY_MB = 1024
 BOOT_SECONDS = 1200
-LAUNCHER = "pulumi-resource-pulumi-python"
 
 
 def _namespace_pids(name: str) -> list[int]:
@@ -62,24 +61,8 @@ def loopback_namespace() -> Iterator[str]:
         subprocess.run(["ip", "netns", "delete", name], check=False, timeout=30)
 
 
-def _launcher() -> Path:
-    """The SDK's dynamic provider launcher: beside the built CLI, else from the SDK module Go downloaded for it."""
-    beside = upstream.require("pulumi") / LAUNCHER
-    if beside.exists():
-        return beside
-    gomodcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=False).stdout
-    found = Path(gomodcache.strip()) / f"github.com/pulumi/pulumi/sdk/v3@v{build.PULUMI_CLI}/python/dist/{LAUNCHER}"
-    if not found.exists():
-        skip_or_fail(f"{LAUNCHER} is neither beside the built CLI nor in Go's module cache ({found})")
-    return found
-
-
 def _unprivileged_cli(cli: Cli, namespace: str, tmp_path: Path) -> Cli:
-    """The CLI run inside the namespace with every capability dropped, the launcher on its PATH."""
-    bin_dir = tmp_path / "dynamic-bin"
-    bin_dir.mkdir()
-    shutil.copy(_launcher(), bin_dir / LAUNCHER)
-    (bin_dir / LAUNCHER).chmod(0o755)
+    """The CLI run inside the namespace with every capability dropped, able to run dynamic providers."""
     wrapper = tmp_path / "pulumi-unprivileged"
     wrapper.write_text(
         "#!/bin/sh\n"
@@ -87,8 +70,7 @@ def _unprivileged_cli(cli: Cli, namespace: str, tmp_path: Path) -> Cli:
         f'--ambient-caps=-all --bounding-set=-all -- "{cli.binary}" "$@"\n'
     )
     wrapper.chmod(0o755)
-    env = {**cli.env, "PATH": f"{bin_dir}{os.pathsep}{cli.env['PATH']}"}
-    return dataclasses.replace(cli, binary=wrapper, env=env)
+    return dataclasses.replace(with_dynamic_providers(cli, tmp_path), binary=wrapper)
 
 
 def _ssh(
@@ -163,8 +145,9 @@ def test_local_platform_boots_two_vms_on_a_switch_without_root(
     figures["local_image_seconds"] = round(time.monotonic() - start, 1)
     figures["local_image_mib"] = round(image.disk_bytes() / 2**20)
     key = KeyPair.generate(tmp_path, "kthw-local")
-    state = tmp_path / "state"
-    cache = tmp_path / "cache"
+    # Not tmp_path/state: that is the CLI's file backend.
+    state = tmp_path / "vms"
+    cache = tmp_path / "images"
     cli = pulumi_cli.isolated_cli(tmp_path)
     for name in ("Pulumi.yaml", "__main__.py"):
         shutil.copy(PROGRAM / name, cli.project / name)
