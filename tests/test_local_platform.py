@@ -411,7 +411,11 @@ def test_vm_provider_runs_qemu_as_a_daemon_restarts_it_on_update_and_removes_it_
     finally:
         vms.delete("worker-0", {**props, "memory_mb": 192})
         switches.delete(str(net), {"net_dir": str(net)})
-    assert _processes_naming(str(tmp_path)) == []
+    leftovers = _processes_naming(str(tmp_path))
+    for pid in leftovers:  # never leave a daemon behind, even when the provider failed to stop it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert leftovers == []
     assert not (tmp_path / "state").exists()
 
 
