@@ -354,7 +354,11 @@ def test_switch_provider_starts_a_daemon_that_read_sees_and_delete_ends(tmp_path
         assert (state / "net").stat().st_mode & 0o777 == 0o700
     finally:
         p.delete(created.id or "", created.outs or {})
-    assert qemu.running_pid(state / "net" / switch.PID_FILE, str(state / "net")) is None
+        alive = _processes_naming(str(state))
+        for leftover in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leftover, signal.SIGKILL)
+    assert alive == [], "delete left the switch running"
     assert not state.exists(), "delete leaves no files"
 
 
