@@ -178,30 +178,60 @@ def _partition_table(disk: Path) -> None:
 
 
 def _install(stage: Path, disk: Path, root_uuid: str, work: Path, log: Path) -> None:
-    """The stage as the disk's ext4 partition, GRUB in the disk's MBR and post-MBR gap."""
+    """The stage as the disk's ext4 partition, GRUB in the disk's MBR and the gap behind it.
+
+    Without the kernel's partition support (this host's kernel has none: no /dev/loopNp1),
+    grub-install cannot find the partition, so the builder does its two steps itself: grub-mkimage
+    makes a core image whose prefix names the partition, and grub-bios-setup writes the MBR code
+    and embeds that core image, run in a chroot of the partition (a loop device at its offset).
+    """
+    size = DISK_SIZE - PARTITION_START * SECTOR
+    modules = stage / "boot/grub/i386-pc"
+    shutil.copytree(stage / "usr/lib/grub/i386-pc", modules)
+    image._run(
+        [
+            "chroot", str(stage), "grub-mkimage", "-O", "i386-pc", "-d", "/usr/lib/grub/i386-pc",
+            "-o", "/boot/grub/i386-pc/core.img", "-p", "(hd0,msdos1)/boot/grub", "biosdisk", "part_msdos", "ext2",
+        ],
+        log,
+    )  # fmt: skip
+    filesystem = work / "root.ext4"
+    image._run(
+        ["mkfs.ext4", "-q", "-F", "-L", "root", "-U", root_uuid, "-d", str(stage), str(filesystem), f"{size // 1024}k"],
+        log,
+    )
     with disk.open("wb") as f:
         f.truncate(DISK_SIZE)
     _partition_table(disk)
+    image._run(
+        ["dd", f"if={filesystem}", f"of={disk}", "bs=1M", f"seek={PARTITION_START * SECTOR // 2**20}",
+         "conv=notrunc,sparse", "status=none"],
+        log,
+    )  # fmt: skip
+    filesystem.unlink()
     loop = subprocess.run(
-        ["losetup", "--find", "--show", "--partscan", str(disk)], capture_output=True, text=True, check=True
-    ).stdout.strip()
+        ["losetup", "--find", "--show", "--offset", str(PARTITION_START * SECTOR), "--sizelimit", str(size), str(disk)],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
     mnt = work / "mnt"
     mnt.mkdir()
     try:
-        partition = Path(f"{loop}p1")
-        deadline = time.monotonic() + 10
-        while not partition.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{partition} did not appear after losetup --partscan")
-            time.sleep(0.1)
-        image._run(["mkfs.ext4", "-q", "-F", "-L", "root", "-U", root_uuid, "-d", str(stage), str(partition)], log)
-        image._run(["mount", str(partition), str(mnt)], log)
+        image._run(["mount", loop, str(mnt)], log)
+        target = mnt / "tmp/disk.raw"
         try:
+            target.touch()
+            image._run(["mount", "--bind", str(disk), str(target)], log)
+            (mnt / "tmp/device.map").write_text("(hd0) /tmp/disk.raw\n")
             with _chroot_mounts(mnt, log):
                 image._run(
-                    ["chroot", str(mnt), "grub-install", "--target=i386-pc", "--modules=part_msdos ext2", loop], log
-                )
+                    ["chroot", str(mnt), "grub-bios-setup", "-d", "/boot/grub/i386-pc", "-m", "/tmp/device.map",
+                     "/tmp/disk.raw"],
+                    log,
+                )  # fmt: skip
         finally:
+            subprocess.run(["umount", str(target)], check=False, capture_output=True)
+            target.unlink(missing_ok=True)
+            (mnt / "tmp/device.map").unlink(missing_ok=True)
             subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
     finally:
         subprocess.run(["losetup", "-d", loop], check=False, capture_output=True)
