@@ -38,6 +38,8 @@ CLOUD_PACKAGES = (
     "netplan.io",
     "systemd-resolved",
     "grub-pc",
+    # cloud-init's locale module sets en_US.UTF-8 at first boot, as on Debian's images.
+    "locales",
 )
 # The disk's virtual size; sparse, and each VM's overlay grows past it (growpart).
 DISK_SIZE = 3 * 2**30
@@ -104,7 +106,13 @@ def _cloud_rootfs(mirror: str, cache: Path) -> Path:
     resolv.unlink(missing_ok=True)
     shutil.copy("/etc/resolv.conf", resolv)
     # grub-pc asks which disks to install to; the image builder installs it itself.
-    selections = "grub-pc grub-pc/install_devices multiselect\ngrub-pc grub-pc/install_devices_empty boolean true\n"
+    # The locale cloud-init will set, generated now rather than by the emulated CPU at first boot.
+    selections = (
+        "grub-pc grub-pc/install_devices multiselect\n"
+        "grub-pc grub-pc/install_devices_empty boolean true\n"
+        "locales locales/locales_to_be_generated multiselect en_US.UTF-8 UTF-8\n"
+        "locales locales/default_environment_locale select en_US.UTF-8\n"
+    )
     env = ["env", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C"]
     with _chroot_mounts(partial, log):
         subprocess.run(
