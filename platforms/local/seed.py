@@ -39,7 +39,8 @@ def user_data(node: LocalNode, ssh_user: str, public_key: str) -> str:
             }
         ],
         "disable_root": True,
-        "ssh_pwauth": False,
+        # No ssh_pwauth: setting it makes cloud-init restart sshd mid-boot, cutting the SSH gate's
+        # session; with every password locked there is nothing a password could open anyway.
         # An RSA host key costs seconds to tens of seconds of emulated CPU at first boot, and no
         # client here needs one.
         "ssh_genkeytypes": ["ed25519", "ecdsa"],
