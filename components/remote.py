@@ -42,10 +42,14 @@ class Host:
     ready: pulumi.Resource
 
 
-def connection(host: pulumi.Input[str], user: str, private_key: pulumi.Input[str]) -> remote.ConnectionArgs:
+def connection(
+    host: pulumi.Input[str], user: str, private_key: pulumi.Input[str], port: int = 22
+) -> remote.ConnectionArgs:
     """SSH to a fresh VM: keep dialing while it boots (dial_error_limit=-1), each dial bounded."""
     return remote.ConnectionArgs(
         host=host,
+        # The provider's own default is 22: left out then, so existing stacks see no change.
+        port=port if port != 22 else None,
         user=user,
         private_key=private_key,
         dial_error_limit=-1,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from components.config import ClusterConfig, NodeSpec
-from components.config.platforms import MACHINES
+from components.config.platforms import LOCAL, MACHINES
 from components.machine import PlatformFactory
 
 
@@ -24,6 +24,10 @@ class PlatformChoice:
 
 def choose(config: ClusterConfig) -> PlatformChoice:
     """The platform `config` names. Imported lazily: a stack pays only for its own platform's SDKs."""
+    if config.platform == LOCAL:
+        from platforms.local.platform import LocalPlatform, fingerprint
+
+        return PlatformChoice(build=LocalPlatform, fingerprint=fingerprint)
     if config.platform == MACHINES:
         from platforms import machines
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from components.config import platforms, rules, sources, stack, values
+from components.config import local, platforms, rules, sources, stack, values
 from components.config.addresses import AddressPlan, read_plan
 from components.config.model import AUDIT_LEVELS, AUDIT_OFF, ClusterConfig, NodeSpec
 from components.config.names import GceNames, cluster_name
@@ -40,6 +40,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     if machines is not None:
         problems.check(platforms.ssh_private_key, cfg)
     problems.found.extend(platforms.misplaced_keys(cfg, platform))
+    local_options = local.read(cfg, problems)
     fields: dict[str, Any] = {
         "platform": platform,
         "region": region,
@@ -52,6 +53,8 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         "etcd_backup_bucket": problems.check(rules.etcd_backup_bucket, cfg),
         "project": problems.check(rules.project, gcp) if on_gcp else None,
         "api_address": problems.check(platforms.api_address, cfg) if machines is not None else None,
+        # Read on every platform, so a bad value is told wherever it is set; kept on the local one.
+        "local": local_options if platform == platforms.LOCAL else None,
         "admin_source_ranges": rules.admin_source_ranges(cfg, problems),
         "versions": sources.component_versions(cfg, problems),
         "audit_level": problems.check(values.choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS)),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from components import versions
 from components.config.addresses import CLUSTER_DNS_HOST_OFFSET
+from components.config.local import LocalOptions
 from components.config.names import GceNames
 
 # kthw:auditLevel: the audit policy's catch-all level (audit.k8s.io/v1 spelling), or "off" for no audit log.
@@ -80,6 +81,8 @@ class ClusterConfig:
     # With platform machines: node name -> how to reach it; and the API's address, if you run a load balancer.
     ssh_targets: Mapping[str, SshTarget] = field(default_factory=dict)
     api_address: str | None = None
+    # With platform local: the VMs' settings.
+    local: LocalOptions | None = None
 
     @property
     def audit_enabled(self) -> bool:

@@ -10,30 +10,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# Debian 12's official cloud image for generic clouds (cloud-init with NoCloud; both BIOS and UEFI
-# boot), with the SHA-512 Debian publishes for it in SHA512SUMS beside it.
-DEFAULT_IMAGE_URL = (
-    "https://cloud.debian.org/images/cloud/bookworm/20250210-2019/debian-12-genericcloud-amd64-20250210-2019.qcow2"
+from components.config.local import (
+    ACCELS,
+    API_PORT_OFFSET,
+    DEFAULT_CPUS,
+    DEFAULT_DISK_GB,
+    DEFAULT_IMAGE_SHA512,
+    DEFAULT_IMAGE_URL,
+    DEFAULT_MEMORY_MB,
+    DEFAULT_PORT_BASE,
+    DEFAULT_SSH_USER,
+    MAX_SOCKET_PATH,
+    MIN_DISK_GB,
+    MIN_MEMORY_MB,
 )
-DEFAULT_IMAGE_SHA512 = (
-    "a58d86525d75fd8e139a2302531ce5d2ab75ef0273cfe78f9d53aada4b23efd4"
-    "5f8433b4806fa4570cfe981c8fae26f5e5e855cbd66ba2198862f28125fd2d45"
-)
-# Below Linux's ephemeral range (32768-60999), so an outgoing connection never holds a VM's port.
-DEFAULT_PORT_BASE = 21000
-# A node's admin API port is this far above its SSH port: SSH at base+h, API at base+1000+h, h its host number.
-API_PORT_OFFSET = 1000
-DEFAULT_MEMORY_MB = 2048
-DEFAULT_CPUS = 2
-DEFAULT_DISK_GB = 20
-DEFAULT_SSH_USER = "kthw"
-ACCELS = ("auto", "kvm", "tcg")
-# What etcd, an API server or a kubelet with a few pods needs at the least.
-MIN_MEMORY_MB = 1024
-# The image's root grows to the disk; the binaries and a few container images need this much.
-MIN_DISK_GB = 8
-# sockaddr_un.sun_path holds 108 bytes with its terminating NUL.
-MAX_SOCKET_PATH = 107
+
 _SHA512 = re.compile(r"^[0-9a-f]{128}$")
 _URL = re.compile(r"^(https?|file)://\S+$")
 _SSH_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")

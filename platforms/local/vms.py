@@ -49,20 +49,24 @@ class LocalVms(pulumi.ComponentResource):
         found = local.problems(s, args.nodes, args.node_cidr)
         if found:
             raise ValueError("local platform: " + "; ".join(found))
+        self._name, self._args = name, args
         child = pulumi.ResourceOptions(parent=self)
         self.image = BaseImage(f"{name}-image", s.image_url, s.image_sha512, s.cache_dir, child)
         self.switch = Switch(f"{name}-switch", str(local.net_dir(s)), child)
         self.machines = {}
         for node in args.nodes:
-            self.machines[node.name] = self._machine(name, node, args)
-        self.register_outputs(
-            {
-                "image": self.image.path,
-                "ssh_ports": {n: m.ssh_port for n, m in self.machines.items()},
-            }
-        )
+            self.add(node)
+        self.register_outputs({"image": self.image.path})
 
-    def _machine(self, name: str, node: LocalNode, args: LocalVmsArgs) -> LocalMachine:
+    def add(self, node: LocalNode, depends_on: Sequence[pulumi.Resource] = ()) -> LocalMachine:
+        """Start one more VM; `depends_on` orders it (a controller after the previous one's etcd member)."""
+        machine = self._machine(self._name, node, self._args, depends_on)
+        self.machines[node.name] = machine
+        return machine
+
+    def _machine(
+        self, name: str, node: LocalNode, args: LocalVmsArgs, depends_on: Sequence[pulumi.Resource]
+    ) -> LocalMachine:
         s = args.settings
         ssh_port = local.ssh_port(s, node, args.node_cidr)
         api_port = local.api_port(s, node, args.node_cidr)
@@ -88,6 +92,6 @@ class LocalVms(pulumi.ComponentResource):
         vm = VirtualMachine(
             f"{name}-{node.name}",
             props,
-            pulumi.ResourceOptions(parent=self, depends_on=[self.switch]),
+            pulumi.ResourceOptions(parent=self, depends_on=[self.switch, *depends_on]),
         )
         return LocalMachine(node, SSH_HOST, ssh_port, api_port, vm, local.fingerprint(s, node))

@@ -9,7 +9,6 @@ front of the controllers, `kthw:apiAddress`) or the first controller's.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,20 +87,12 @@ def connection(target: SshTarget, private_key: pulumi.Input[str]) -> command_rem
     )
 
 
-class MachinesPlatform:
-    """Your machines: the key you give, the addresses you list, pod routes on every node."""
+class MachineSetup:
+    """What every machine the program does not create gets: its SSH gate and its pod routes."""
 
     def __init__(self, name: str, config: ClusterConfig, parent: pulumi.Resource) -> None:
         self._name, self._config, self._parent = name, config, parent
-        self.api = api_endpoint(config)
-        self.ssh_private_key: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Config("kthw").require_secret("sshPrivateKey")
-        )
-        self._routes: list[pulumi.Resource] = []
-
-    def machine(self, spec: NodeSpec, after: Sequence[pulumi.Resource] = ()) -> Machine:
-        target = self._config.ssh_targets[spec.name]
-        return self.attach(spec, connection(target, self.ssh_private_key), triggers=[target.host])
+        self.routes: list[pulumi.Resource] = []
 
     def attach(
         self,
@@ -110,9 +101,9 @@ class MachinesPlatform:
         *,
         triggers: Sequence[pulumi.Input[object]] = (),
         depends_on: Sequence[pulumi.Resource] = (),
-        fingerprint_value: str = "",
+        fingerprint: str = "",
     ) -> Machine:
-        """Gate a machine reachable at `conn` and give it its pod routes (the local platform's VMs too)."""
+        """Gate the machine reachable at `conn` and route the other workers' pod subnets on it."""
         gate = ssh_gate.gate(
             f"{self._name}-{spec.name}-ssh-ready",
             conn,
@@ -126,7 +117,7 @@ class MachinesPlatform:
             remote.RemoteFile(ROUTES_SCRIPT, render_routes_script(self._config, spec), 0o755),
             remote.RemoteFile(ROUTES_UNIT, render_routes_unit()),
         ]
-        self._routes.append(
+        self.routes.append(
             remote.deploy(
                 f"{self._name}-{spec.name}-pod-routes",
                 host,
@@ -137,19 +128,30 @@ class MachinesPlatform:
                 secret=False,
             )
         )
-        return Machine(spec=spec, host=host, fingerprint=fingerprint_value)
+        return Machine(spec=spec, host=host, fingerprint=fingerprint)
+
+
+class MachinesPlatform:
+    """Your machines: the key you give, the addresses you list, pod routes on every node."""
+
+    def __init__(self, name: str, config: ClusterConfig, parent: pulumi.Resource) -> None:
+        self._config = config
+        self._setup = MachineSetup(name, config, parent)
+        self.api = api_endpoint(config)
+        self.ssh_private_key: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Config("kthw").require_secret("sshPrivateKey")
+        )
+
+    def machine(self, spec: NodeSpec, after: Sequence[pulumi.Resource] = ()) -> Machine:
+        target = self._config.ssh_targets[spec.name]
+        return self._setup.attach(spec, connection(target, self.ssh_private_key), triggers=[target.host])
 
     def front_end(self, controllers: Sequence[Machine], control_planes_healthy: Sequence[pulumi.Resource]) -> FrontEnd:
         # The API's address is yours (a load balancer) or a controller's own: nothing to build.
         return FrontEnd()
 
     def network_ready(self) -> Sequence[pulumi.Resource]:
-        return list(self._routes)
+        return list(self._setup.routes)
 
     def backup_bucket(self) -> str | None:
         return None
-
-
-def digest(*parts: str) -> str:
-    """A short digest of `parts`, for fingerprints."""
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
