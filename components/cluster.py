@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_tls as tls
+from pulumi_gcp import compute
 
 from components.addons import Addons, AddonsArgs, SmokeTest, SmokeTestArgs
 from components.api_frontend import ApiFrontend, ApiFrontendArgs
@@ -16,7 +17,7 @@ from components.etcd import EtcdMember, EtcdMemberArgs
 from components.etcd_backup import EtcdBackupStore, EtcdBackupStoreArgs
 from components.kubeconfig import ADMIN_USER, encryption_config_output, kubeconfig_output
 from components.network import API_PORT, Network, NetworkArgs
-from components.node import Node, NodeArgs
+from components.node import Node, NodeArgs, offered_machine_type
 from components.pki import Pki, PkiArgs
 from components.worker import WorkerArgs, WorkerNode
 
@@ -56,19 +57,28 @@ class Cluster(pulumi.ComponentResource):
             EtcdBackupStore(f"{name}-etcd-backup", EtcdBackupStoreArgs(cfg), child) if cfg.etcd_backup_bucket else None
         )
 
+        # Every VM names its account: the provider keeps the last email it knows when none is given.
+        default_account = compute.get_default_service_account_output(project=cfg.project).email
+        # One lookup per machine type, in preview as in update: a type the zone does not offer fails
+        # the program before any VM is touched (see offered_machine_type).
+        machine_types = {t: offered_machine_type(cfg, t) for t in sorted({s.machine_type for s in cfg.nodes})}
+
         def node(spec: NodeSpec, after: Sequence[pulumi.Resource] = ()) -> Node:
+            writes_backups = self.backup_store is not None and spec.role == "controller"
             node_args = NodeArgs(
                 config=cfg,
                 spec=spec,
                 subnet=self.network.subnet.id,
                 ssh_public_key=self.ssh_key.public_key_openssh,
                 ssh_private_key=self.ssh_private_key,
-                after=after,
                 service_account_email=(
                     self.backup_store.service_account_email
-                    if self.backup_store is not None and spec.role == "controller"
-                    else None
+                    if self.backup_store is not None and writes_backups
+                    else default_account
                 ),
+                machine_type=machine_types[spec.machine_type],
+                writes_backups=writes_backups,
+                after=after,
             )
             return Node(f"{name}-{spec.name}", node_args, child)
 

@@ -65,6 +65,26 @@ _DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 _REGISTRY_HOST = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*(:[0-9]{{1,5}})?$")
 # kthw:registryMirrors values: an http(s) URL with nothing a TOML string or a path would need escaped.
 _MIRROR_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
+# The hex digits of the controllers' instance ids in the target pool's name (GceNames.target_pool_of).
+TARGET_POOL_DIGEST_LENGTH = 8
+# GCE machine families the program runs on, each with the boot disk type it states explicitly: the
+# type GCE itself picks for that family when none is given (pd-standard on the first and second
+# generations, pd-balanced on C3 and C3D), so stacks made before it was explicit see no change.
+# Every one of them also takes pd-balanced, the type of each controller's etcd disk.
+BOOT_DISK_TYPES = {
+    **dict.fromkeys(("e2", "n1", "n2", "n2d", "t2d", "c2", "c2d"), "pd-standard"),
+    **dict.fromkeys(("c3", "c3d"), "pd-balanced"),
+}
+# Families GCE offers that the program refuses for a known reason: their disks are Hyperdisk only
+# (no pd-* type at all), or their CPUs are Arm while the program installs amd64 binaries.
+REFUSED_MACHINE_FAMILIES = {
+    **dict.fromkeys(
+        ("n4", "n4d", "c4", "c4d"),
+        "takes Hyperdisk only, and the program's disks are Persistent Disk (pd-balanced etcd disks)",
+    ),
+    **dict.fromkeys(("t2a", "c4a", "n4a"), "is Arm, and the program installs amd64 binaries"),
+}
+_MACHINE_TYPE = re.compile(r"^([a-z][a-z0-9]*)-[a-z0-9]+(-[a-z0-9]+)*$")
 # GCS bucket names without dots (dotted names need domain verification): 3-63 characters.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$")
 
@@ -156,6 +176,14 @@ class GceNames:
         """A VM's name, which is also its hostname, its Kubernetes node name and its certificate's."""
         return f"{self.node_prefix}{role}-{index}"
 
+    def node_address(self, node: str) -> str:
+        """A VM's static external address: kubernetes-the-hard-way-worker-0, or dev-worker-0 for "dev"."""
+        return f"{self.cluster}-{node.removeprefix(self.node_prefix)}"
+
+    def target_pool_of(self, members: str) -> str:
+        """The target pool for one set of controller VMs (`members`: a digest of their instance ids)."""
+        return f"{self.target_pool}-{members}"
+
     def etcd_disk(self, controller: str) -> str:
         """A controller's etcd disk, named after its VM (so unique per cluster name): controller-0-etcd."""
         return f"{controller}-etcd"
@@ -178,11 +206,13 @@ class GceNames:
             self.deny_etcd,
             self.allow_health_check,
             self.health_check,
-            self.target_pool,
+            self.target_pool_of("0" * TARGET_POOL_DIGEST_LENGTH),
             self.forwarding_rule,
             *(self.node("controller", i) for i in range(controllers)),
+            *(self.node_address(self.node("controller", i)) for i in range(controllers)),
             *(self.etcd_disk(self.node("controller", i)) for i in range(controllers)),
             *workers,
+            *(self.node_address(w) for w in workers),
             *(self.worker_api_firewall(w) for w in workers),
             *(self.route(cidr) for cidr in pod_cidrs),
         ]
@@ -232,6 +262,8 @@ class ClusterConfig:
     cert_validity_hours: int = 8760
     cert_rotation: int = 0
     etcd_backup_bucket: str | None = None
+    # kthw:etcdBackupBucketImport: adopt the existing bucket of that name instead of creating it.
+    etcd_backup_bucket_import: bool = False
     names: GceNames = field(default_factory=GceNames)
     audit_level: str = "Metadata"  # one of AUDIT_LEVELS, or AUDIT_OFF
     metrics_server: bool = True
@@ -399,11 +431,11 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         )
     )
 
-    machine_type = problems.check(lambda: _gce_name(cfg, "machineType", default="e2-standard-2"))
+    machine_type = problems.check(lambda: _machine_type(cfg, "machineType", default="e2-standard-2"))
     role_machine_types: dict[str, str | None] = {}
     for key in ("controllerMachineType", "workerMachineType"):
         if cfg.get(key) or machine_type is not None:  # an unset one follows machineType, if that is valid
-            role_machine_types[key] = problems.check(functools.partial(_gce_name, cfg, key, default=machine_type))
+            role_machine_types[key] = problems.check(functools.partial(_machine_type, cfg, key, default=machine_type))
 
     image = str(cfg.get("image") or "ubuntu-os-cloud/ubuntu-2404-lts-amd64")
     if not _IMAGE.match(image):
@@ -464,6 +496,16 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
                     bucket,
                     "a new GCS bucket name: 3-63 lowercase letters, digits, '-' and '_', no 'goog' prefix"
                     " (empty: no bucket)",
+                )
+            )
+        )
+
+    bucket_import = problems.check(functools.partial(_bool, cfg, "etcdBackupBucketImport", False))
+    if bucket_import and bucket is None:
+        problems.found.append(
+            str(
+                ConfigError(
+                    "etcdBackupBucketImport", True, "true only with kthw:etcdBackupBucket set (the bucket to adopt)"
                 )
             )
         )
@@ -535,6 +577,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         cert_validity_hours=validity,
         cert_rotation=rotation,
         etcd_backup_bucket=bucket,
+        etcd_backup_bucket_import=bool(bucket_import),
         names=names,
         audit_level=audit_level,
         metrics_server=metrics_server,
@@ -782,6 +825,24 @@ def _gce_name(cfg: Mapping[str, Any], key: str, default: str | None = None, requ
             key, value, "a GCE name: lowercase letters, digits and '-', starting with a letter, at most 63"
         )
     return value
+
+
+def _machine_type(cfg: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    """A machine type of a family the program's disks and binaries work on; GCE's zone lookup comes later."""
+    value = _gce_name(cfg, key, default)
+    match = _MACHINE_TYPE.match(value)
+    family = match.group(1) if match else ""
+    if family in REFUSED_MACHINE_FAMILIES:
+        raise ConfigError(key, value, f"the {family.upper()} family {REFUSED_MACHINE_FAMILIES[family]}")
+    if family not in BOOT_DISK_TYPES:
+        known = ", ".join(BOOT_DISK_TYPES)
+        raise ConfigError(key, value, f"a machine type of a family the program runs on ({known}), e.g. e2-standard-2")
+    return value
+
+
+def boot_disk_type(machine_type: str) -> str:
+    """The boot disk type a VM of this (validated) machine type gets: GCE's own default for its family."""
+    return BOOT_DISK_TYPES[machine_type.split("-", 1)[0]]
 
 
 def _version(cfg: Mapping[str, Any], key: str, default: str) -> str:
