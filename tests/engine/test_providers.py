@@ -361,6 +361,40 @@ def test_subnet_expands_in_place_and_recreates_otherwise(cloud: tuple[LocalProvi
     assert plain(state["gatewayAddress"]) == "10.240.0.1"
     assert diff(provider, token, state, {**subnet, "ipCidrRange": "10.240.0.0/20"}) == (True, [])
     assert diff(provider, token, state, {**subnet, "ipCidrRange": "10.241.0.0/24"}) == (True, ["ipCidrRange"])
+    assert diff(provider, token, state, {**subnet, "description": "x"}) == (True, ["description"])
+
+
+@pytest.mark.parametrize(
+    ("token", "values", "change", "replaces"),
+    [
+        # What the program sets on each kind, against the provider's schema (ForceNew or not).
+        ("gcp:compute/network:Network", {"autoCreateSubnetworks": False}, {"autoCreateSubnetworks": True}, True),
+        ("gcp:compute/network:Network", {}, {"description": "x"}, True),
+        ("gcp:compute/firewall:Firewall", {"network": "n", "priority": 1000}, {"priority": 900}, False),
+        (
+            "gcp:compute/firewall:Firewall",
+            {"network": "n", "sourceRanges": ["0.0.0.0/0"]},
+            {"targetTags": ["a"]},
+            False,
+        ),
+        ("gcp:compute/firewall:Firewall", {"network": "n"}, {"network": "m"}, False),
+        ("gcp:compute/address:Address", {"region": "us-west1"}, {"addressType": "INTERNAL"}, True),
+        ("gcp:compute/route:Route", {"network": "n", "destRange": "10.200.0.0/24"}, {"nextHopIp": "10.240.0.21"}, True),
+        ("gcp:compute/httpHealthCheck:HttpHealthCheck", {"port": 80}, {"requestPath": "/livez"}, False),
+        ("gcp:compute/targetPool:TargetPool", {"region": "us-west1"}, {"instances": ["us-west1-c/c-0"]}, False),
+        ("gcp:compute/targetPool:TargetPool", {"region": "us-west1"}, {"sessionAffinity": "CLIENT_IP"}, True),
+        ("gcp:compute/forwardingRule:ForwardingRule", {"region": "us-west1"}, {"target": "t2"}, False),
+        ("gcp:compute/forwardingRule:ForwardingRule", {"region": "us-west1"}, {"portRange": "443"}, True),
+        ("gcp:compute/forwardingRule:ForwardingRule", {"region": "us-west1"}, {"ipAddress": "203.0.113.9"}, True),
+    ],
+)
+def test_each_kind_replaces_or_updates_as_the_provider_does(
+    cloud: tuple[LocalProvider, gcp.Backend], token: str, values: dict[str, Any], change: dict[str, Any], replaces: bool
+) -> None:
+    provider, _ = cloud
+    base = {"name": "r", "project": "p", **values}
+    _, state = create(provider, token, "r", base)
+    assert diff(provider, token, state, {**base, **change}) == (True, sorted(change) if replaces else [])
 
 
 def test_a_second_resource_with_the_same_cloud_name_is_refused(cloud: tuple[LocalProvider, gcp.Backend]) -> None:

@@ -203,18 +203,18 @@ def _parse(spelling: str) -> tuple[str, str | None, str]:
     raise ValueError(f"Could not find image or family {spelling}")
 
 
-def _project_of(name: str) -> str:
-    """Where a bare name is looked up: the public project its prefix names (ImageMap)."""
+def _project_of(name: str, own: str) -> str:
+    """Where a bare name is found: the public project its prefix names (ImageMap), else the VM's own."""
     for prefix, project in sorted(IMAGE_PROJECTS.items(), key=lambda kv: -len(kv[0])):
         if name.startswith(prefix):
             return project
-    raise ValueError(f"Could not find image or family {name}")
+    return own
 
 
-def image_link(spelling: str) -> str:
+def image_link(spelling: str, own_project: str) -> str:
     """The image the boot disk is made from, as state keeps it: a full link to a versioned image."""
     form, project, name = _parse(spelling)
-    project = IMAGE_PROJECTS.get(project or "", project) or _project_of(name)
+    project = IMAGE_PROJECTS.get(project or "", project) or _project_of(name, own_project)
     is_image = form in ("project-image", "image") or name.endswith(IMAGE_VERSION)
     image = name if is_image else f"{name}-{IMAGE_VERSION}"
     return f"{API}projects/{project}/global/images/{image}"

@@ -230,7 +230,8 @@ class Backend:
                 "source": f"{API}projects/{project}/zones/{zone}/disks/{name}",
                 "initializeParams": {
                     **params,
-                    "image": old_params.get("image") or gce_catalog.image_link(str(params.get("image") or "debian-12")),
+                    "image": old_params.get("image")
+                    or gce_catalog.image_link(str(params.get("image") or "debian-12"), project),
                     "size": params.get("size") or old_params.get("size") or 10,
                     "type": params.get("type")
                     or old_params.get("type")
@@ -808,12 +809,13 @@ class Gcp:
             "network",  # not ForceNew in the provider's schema: sent with the rule's PATCH
         }
         return [
-            self.kind("gcp:compute/network:Network", "networks", "global", {"description", "routingMode", "mtu"}),
+            # Each schema's updatable fields (no ForceNew); a description is ForceNew on most of them.
+            self.kind("gcp:compute/network:Network", "networks", "global", {"routingMode", "mtu"}),
             self.kind(
                 "gcp:compute/subnetwork:Subnetwork",
                 "subnetworks",
                 "regional",
-                {"description", "privateIpGoogleAccess", "secondaryIpRanges", "logConfig"},
+                {"privateIpGoogleAccess", "secondaryIpRanges", "logConfig", "stackType", "ipv6AccessType"},
                 extra=subnet,
                 replace_if={"ipCidrRange": expands},
             ),
@@ -829,7 +831,13 @@ class Gcp:
             ),
             self.kind("gcp:compute/route:Route", "routes", "global", set()),
             # A persistent disk (a controller's etcd disk): GCE grows it and relabels it in place.
-            self.kind("gcp:compute/disk:Disk", "disks", "zonal", {"size", "labels"}, replace_if={"size": shrinks}),
+            self.kind(
+                "gcp:compute/disk:Disk",
+                "disks",
+                "zonal",
+                {"size", "labels", "provisionedIops", "provisionedThroughput", "accessMode"},
+                replace_if={"size": shrinks},
+            ),
             self.kind(
                 "gcp:compute/httpHealthCheck:HttpHealthCheck",
                 "httpHealthChecks",
@@ -851,7 +859,12 @@ class Gcp:
                 "regional",
                 {"instances", "healthChecks", "backupPool"},
             ),
-            self.kind("gcp:compute/forwardingRule:ForwardingRule", "forwardingRules", "regional", {"target", "labels"}),
+            self.kind(
+                "gcp:compute/forwardingRule:ForwardingRule",
+                "forwardingRules",
+                "regional",
+                {"target", "labels", "allowGlobalAccess"},
+            ),
             self.instance(),
             self.bucket(),
             self.account(),
