@@ -10,7 +10,7 @@ from pulumi_command import remote as command_remote
 from pulumi_gcp import compute
 
 from components import bounds, remote
-from components.config import ClusterConfig, ConfigErrors, NodeSpec, boot_disk_type
+from components.config import CUSTOM_MACHINE_TYPE, ClusterConfig, ConfigErrors, NodeSpec, boot_disk_type, machine_family
 from components.render import render
 
 BOOT_DISK_GB = 20
@@ -31,16 +31,29 @@ ETCD_DEVICE_NAME = "etcd"  # the guest sees /dev/disk/by-id/google-etcd
 RETIRED_STATES = ("OBSOLETE", "DELETED")
 
 
+# machineTypes.list has no custom types: a zone offers them where it offers a predefined type of the
+# family, so a custom type is looked up by that one (GCE's own limits on its vCPUs and memory are
+# not checked here).
+FAMILY_PROBES = {"e2": "e2-standard-2", "n1": "n1-standard-1", "n2": "n2-standard-2", "n2d": "n2d-standard-2"}
+
+
+def listed_machine_type(machine_type: str) -> str:
+    """The type whose presence in the zone's list shows that the zone offers `machine_type`."""
+    if CUSTOM_MACHINE_TYPE.match(machine_type):
+        return FAMILY_PROBES[machine_family(machine_type)]  # config admits custom types of these only
+    return machine_type
+
+
 def machine_type_filter(machine_type: str) -> str:
-    """The machineTypes.list filter that finds exactly this type."""
-    return f"name = {machine_type}"
+    """The machineTypes.list filter that finds exactly this type (or, for a custom one, its family's)."""
+    return f"name = {listed_machine_type(machine_type)}"
 
 
 def check_offered(
     machine_type: str, zone: str, found: Sequence[compute.outputs.GetMachineTypesMachineTypeResult]
 ) -> str:
     """`machine_type` if the zone lists it and it is not retired; else the problem, as GCE would refuse it."""
-    match = [m for m in found if m.name == machine_type]
+    match = [m for m in found if m.name == listed_machine_type(machine_type)]
     if not match:
         raise ConfigErrors(
             [

@@ -76,6 +76,7 @@ def test_another_cluster_name_prefixes_the_addresses() -> None:
         ("c4-standard-4", "the C4 family takes Hyperdisk only"),
         ("t2a-standard-2", "the T2A family is Arm"),
         ("e3-standard-2", "a machine type of a family the program runs on (e2, n1"),
+        ("c2-custom-4-8192", "a custom machine type of a family that has them (e2, n1, n2, n2d)"),
     ],
 )
 def test_a_machine_family_the_disks_or_binaries_cannot_use_is_refused(value: str, why: str) -> None:
@@ -87,7 +88,14 @@ def test_a_machine_family_the_disks_or_binaries_cannot_use_is_refused(value: str
 
 @pytest.mark.parametrize(
     ("machine_type", "disk_type"),
-    [("e2-standard-2", "pd-standard"), ("n2d-standard-4", "pd-standard"), ("c3-standard-4", "pd-balanced")],
+    [
+        ("e2-standard-2", "pd-standard"),
+        ("n2d-standard-4", "pd-standard"),
+        ("c3-standard-4", "pd-balanced"),
+        # Custom types: looked up by a predefined type of their family (the list has no custom ones).
+        ("e2-custom-4-8192", "pd-standard"),
+        ("custom-2-4096", "pd-standard"),
+    ],
 )
 def test_the_boot_disk_type_is_explicit_and_what_gce_gives_that_family(machine_type: str, disk_type: str) -> None:
     rec = cached({"controllerCount": "1", "workerCount": "1", "machineType": machine_type})

@@ -20,7 +20,7 @@ from pulumi.provider.experimental.provider import (
     UpdateRequest,
 )
 
-from tests.engine.providers import command, gcp, tls
+from tests.engine.providers import command, gce_catalog, gcp, tls
 from tests.engine.providers.base import INPUTS, UNKNOWN, UNKNOWN_WIRE, LocalProvider, plain, wrap
 
 INSTANCE = "gcp:compute/instance:Instance"
@@ -342,6 +342,9 @@ def test_the_lookups_answer_as_the_data_sources_do(cloud: tuple[LocalProvider, g
     assert len(elsewhere["machineTypes"]) == 1
     everything = invoke("gcp:compute/getMachineTypes:getMachineTypes", {})["machineTypes"]
     assert {m["name"].split("-")[0] for m in everything} == {"e2", "n1", "n2", "n2d", "t2d", "c2d", "c3", "n4", "c4"}
+    # The list has no custom types; GCE takes one wherever its family is offered.
+    assert gce_catalog.machine_type_problem("e2-custom-4-8192", "us-west1-c") is None
+    assert gce_catalog.machine_type_problem("c2-custom-4-8192", "us-west1-a") is not None
     account = invoke("gcp:compute/getDefaultServiceAccount:getDefaultServiceAccount", {})
     assert account["email"] == gcp.default_service_account("p")
     assert re.fullmatch(r"\d{12}-compute@developer\.gserviceaccount\.com", account["email"])

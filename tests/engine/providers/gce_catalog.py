@@ -125,9 +125,18 @@ IMAGE_PROJECTS = {
 IMAGE_VERSION = "v20260101"
 
 
+_CUSTOM = re.compile(r"^(?:([a-z][a-z0-9]*)-)?custom-([0-9]+)-([0-9]+)(-ext)?$")
+# Families with custom machine types (FAMILY-custom-VCPUS-MEMORY_MB; plain custom-... is N1's).
+CUSTOM_FAMILIES = frozenset({"e2", "n1", "n2", "n2d"})
+
+
 def family(machine_type: str) -> str:
-    """A machine type's family: e2-standard-2 -> e2, and from a link the last part's."""
-    return machine_type.rsplit("/", 1)[-1].split("-", 1)[0]
+    """A machine type's family: e2-standard-2 -> e2, custom-2-4096 -> n1, and from a link the last part's."""
+    name = machine_type.rsplit("/", 1)[-1]
+    custom = _CUSTOM.match(name)
+    if custom:
+        return custom.group(1) or "n1"
+    return name.split("-", 1)[0]
 
 
 def machine_types(project: str, zone: str) -> Iterator[dict[str, object]]:
@@ -157,7 +166,9 @@ def machine_type_problem(machine_type: str, zone: str) -> str | None:
     name = machine_type.rsplit("/", 1)[-1]
     fam = family(name)
     shape = name[len(fam) + 1 :]
-    if fam not in ZONES.get(zone, ()) or shape not in SHAPES.get(fam, {}):
+    # A custom type exists wherever its family does (GCE's vCPU and memory limits are not modelled).
+    offered = fam in CUSTOM_FAMILIES if _CUSTOM.match(name) else shape in SHAPES.get(fam, {})
+    if fam not in ZONES.get(zone, ()) or not offered:
         return (
             f"Invalid value for field 'resource.machineType': 'zones/{zone}/machineTypes/{name}'. "
             f"Machine type with name '{name}' does not exist in zone '{zone}'."
