@@ -155,7 +155,9 @@ class _Mocks(mocks.Mocks):
             outputs["address"] = _fake_ip(args.name)
         elif args.typ == "gcp:compute/instance:Instance":
             interfaces = outputs.get("networkInterfaces") or [{}]
-            interfaces[0]["accessConfigs"] = [{"natIp": _fake_ip(args.name)}]
+            # A given NAT IP (a static address) is the VM's; otherwise GCE picks an ephemeral one.
+            given = [ac.get("natIp") for ac in interfaces[0].get("accessConfigs") or [] if isinstance(ac, dict)]
+            interfaces[0]["accessConfigs"] = [{"natIp": (given[:1] or [None])[0] or _fake_ip(args.name)}]
             outputs["networkInterfaces"] = interfaces
             outputs["instanceId"] = str(zlib.crc32(args.name.encode()))
             outputs["selfLink"] = f"https://compute/{args.inputs.get('zone')}/instances/{args.name}"
@@ -169,8 +171,21 @@ class _Mocks(mocks.Mocks):
             outputs.setdefault("selfLink", f"https://compute.example/{args.typ.split(':')[-1]}/{args.name}")
         return f"{args.name}-id", outputs
 
-    def call(self, args: mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        return {}, None
+    def call(self, args: mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
+        # The gcp lookups the program makes, answered as the local gcp plugin answers them (its
+        # sample of GCE's machine types per zone; the project's default compute account).
+        from tests.engine.providers import gce_catalog, gcp
+
+        project = str(args.args.get("project") or BASE_CONFIG["gcp:project"])
+        if args.token == "gcp:compute/getMachineTypes:getMachineTypes":
+            zone = str(args.args.get("zone") or BASE_CONFIG["gcp:zone"])
+            wanted = str(args.args.get("filter") or "").partition("=")[2].strip().strip('"')
+            found = [m for m in gce_catalog.machine_types(project, zone) if not wanted or m["name"] == wanted]
+            return {"machineTypes": found, "zone": zone, "project": project, "filter": args.args.get("filter")}
+        if args.token == "gcp:compute/getDefaultServiceAccount:getDefaultServiceAccount":
+            email = gcp.default_service_account(project)
+            return {"email": email, "member": f"serviceAccount:{email}", "project": project}
+        return {}
 
 
 class _RecordingMonitor(mocks.MockMonitor):
@@ -202,6 +217,8 @@ class _RecordingMonitor(mocks.MockMonitor):
             "replace_on_changes": list(request.replaceOnChanges),
             "replacement_trigger": _replacement_trigger(request),
             "replace_with": list(request.replace_with),
+            "import": request.importId or None,
+            "retain_on_delete": request.retainOnDelete,
         }
         state = self.resources.get(response.urn)
         self.recorded.append(

@@ -177,9 +177,9 @@ def test_a_bucket_gets_a_writer_account_for_the_controllers_only() -> None:
         assert "storage-rw" in sa["scopes"] and "email" in sa
         files = rec.by_name(f"kthw-controller-{i}-etcd-backup")
         assert 'bucket="kthw-test-etcd-snapshots"' in _bundle_text(files)
-    # Workers keep the default account and no storage scope.
+    # Workers keep the default compute account, named (tests/test_gce_updates.py), and no storage scope.
     worker = rec.by_name("kthw-worker-0-instance").inputs["serviceAccount"]
-    assert "email" not in worker and "storage-rw" not in worker["scopes"]
+    assert worker["email"].endswith("-compute@developer.gserviceaccount.com") and "storage-rw" not in worker["scopes"]
 
 
 def _bundle_text(rec: Any) -> str:

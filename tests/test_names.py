@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 from components import config
@@ -24,7 +26,8 @@ KTHW_NAMES = {
     ("firewall", "kubernetes-the-hard-way-allow-api-from-worker-2"),
     ("address", "kubernetes-the-hard-way"),
     ("httpHealthCheck", "kubernetes"),
-    ("targetPool", "kubernetes-target-pool"),
+    # KTHW's name and, beyond KTHW, a digest of its members' instance ids (here as zeros).
+    ("targetPool", "kubernetes-target-pool-00000000"),
     ("forwardingRule", "kubernetes-forwarding-rule"),
     ("route", "kubernetes-route-10-200-0-0-24"),
     ("route", "kubernetes-route-10-200-1-0-24"),
@@ -39,6 +42,8 @@ KTHW_NAMES = {
     ("disk", "controller-0-etcd"),
     ("disk", "controller-1-etcd"),
     ("disk", "controller-2-etcd"),
+    # Beyond KTHW: each VM's static external address, named after the cluster and the VM.
+    *(("address", f"kubernetes-the-hard-way-{node}-{i}") for node in ("controller", "worker") for i in range(3)),
 }
 
 
@@ -48,7 +53,10 @@ def gce_names(recording: Recording) -> set[tuple[str, str]]:
     for r in recording.resources:
         if r.type.startswith("gcp:"):
             assert r.inputs.get("name"), f"{r.name} ({r.type}) has no explicit GCE name"
-            found.add((r.type.split("/")[1].split(":")[0], r.inputs["name"]))
+            kind, name = r.type.split("/")[1].split(":")[0], r.inputs["name"]
+            if kind == "targetPool":
+                name = re.sub(r"-[0-9a-f]{8}$", "-" + "0" * config.TARGET_POOL_DIGEST_LENGTH, name)
+            found.add((kind, name))
     return found
 
 

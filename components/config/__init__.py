@@ -20,8 +20,21 @@ from components.config.addresses import (
     WORKER_HOST_OFFSET,
 )
 from components.config.loader import from_stack, load
+from components.config.machine_types import (
+    BOOT_DISK_TYPES,
+    CUSTOM_MACHINE_TYPE,
+    REFUSED_MACHINE_FAMILIES,
+    boot_disk_type,
+    machine_family,
+)
 from components.config.model import AUDIT_LEVELS, AUDIT_OFF, ClusterConfig, NodeSpec, SshTarget, Versions
-from components.config.names import DEFAULT_CLUSTER_NAME, GCE_NAME_MAX, KTHW_SHORT_NAME, GceNames
+from components.config.names import (
+    DEFAULT_CLUSTER_NAME,
+    GCE_NAME_MAX,
+    KTHW_SHORT_NAME,
+    TARGET_POOL_DIGEST_LENGTH,
+    GceNames,
+)
 from components.config.problems import ConfigError, ConfigErrors
 from components.config.quorum import check_controller_shrink, even_controller_warning
 from components.config.rules import PROJECT_PLACEHOLDER
@@ -30,8 +43,10 @@ from components.config.stack import GCP_KEYS, NAMESPACE, PROJECT_FILE, declared_
 __all__ = [
     "AUDIT_LEVELS",
     "AUDIT_OFF",
+    "BOOT_DISK_TYPES",
     "CLUSTER_DNS_HOST_OFFSET",
     "CONTROLLER_HOST_OFFSET",
+    "CUSTOM_MACHINE_TYPE",
     "DEFAULT_CIDRS",
     "DEFAULT_CLUSTER_NAME",
     "GCE_NAME_MAX",
@@ -44,6 +59,8 @@ __all__ = [
     "POD_CIDR_PREFIX",
     "PROJECT_FILE",
     "PROJECT_PLACEHOLDER",
+    "REFUSED_MACHINE_FAMILIES",
+    "TARGET_POOL_DIGEST_LENGTH",
     "WORKER_HOST_OFFSET",
     "ClusterConfig",
     "ConfigError",
@@ -52,10 +69,12 @@ __all__ = [
     "NodeSpec",
     "SshTarget",
     "Versions",
+    "boot_disk_type",
     "check_controller_shrink",
     "declared_keys",
     "even_controller_warning",
     "from_stack",
     "load",
+    "machine_family",
     "stack_values",
 ]

@@ -51,6 +51,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         "cert_validity_hours": problems.check(rules.cert_validity_hours, cfg),
         "cert_rotation": problems.check(rules.cert_rotation, cfg),
         "etcd_backup_bucket": problems.check(rules.etcd_backup_bucket, cfg),
+        "etcd_backup_bucket_import": problems.check(rules.etcd_backup_bucket_import, cfg),
         "project": problems.check(rules.project, gcp) if on_gcp else None,
         "api_address": problems.check(platforms.api_address, cfg) if machines is not None else None,
         # Read on every platform, so a bad value is told wherever it is set; kept on the local one.

@@ -69,6 +69,8 @@ class ClusterConfig:
     cert_validity_hours: int = 8760
     cert_rotation: int = 0
     etcd_backup_bucket: str | None = None
+    # kthw:etcdBackupBucketImport: adopt the existing bucket of that name instead of creating it.
+    etcd_backup_bucket_import: bool = False
     names: GceNames = field(default_factory=GceNames)
     audit_level: str = "Metadata"  # one of AUDIT_LEVELS, or AUDIT_OFF
     metrics_server: bool = True

@@ -16,6 +16,8 @@ GCE_NAME_MAX = 63
 DEFAULT_CLUSTER_NAME = "kubernetes-the-hard-way"
 # KTHW's second prefix: the subnet, health check, target pool, forwarding rule and routes start with it.
 KTHW_SHORT_NAME = "kubernetes"
+# The hex digits of the controllers' instance ids in the target pool's name (GceNames.target_pool_of).
+TARGET_POOL_DIGEST_LENGTH = 8
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,14 @@ class GceNames:
         """A VM's name, which is also its hostname, its Kubernetes node name and its certificate's."""
         return f"{self.node_prefix}{role}-{index}"
 
+    def node_address(self, node: str) -> str:
+        """A VM's static external address: kubernetes-the-hard-way-worker-0, or dev-worker-0 for "dev"."""
+        return f"{self.cluster}-{node.removeprefix(self.node_prefix)}"
+
+    def target_pool_of(self, members: str) -> str:
+        """The target pool for one set of controller VMs (`members`: a digest of their instance ids)."""
+        return f"{self.target_pool}-{members}"
+
     def etcd_disk(self, controller: str) -> str:
         """A controller's etcd disk, named after its VM (so unique per cluster name): controller-0-etcd."""
         return f"{controller}-etcd"
@@ -108,11 +118,13 @@ class GceNames:
             self.deny_etcd,
             self.allow_health_check,
             self.health_check,
-            self.target_pool,
+            self.target_pool_of("0" * TARGET_POOL_DIGEST_LENGTH),
             self.forwarding_rule,
             *(self.node("controller", i) for i in range(controllers)),
+            *(self.node_address(self.node("controller", i)) for i in range(controllers)),
             *(self.etcd_disk(self.node("controller", i)) for i in range(controllers)),
             *workers,
+            *(self.node_address(w) for w in workers),
             *(self.worker_api_firewall(w) for w in workers),
             *(self.route(cidr) for cidr in pod_cidrs),
         ]

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from components.config import machine_types as machine_types_module
 from components.config import values
 from components.config.problems import ConfigError, Problems
 
@@ -51,12 +52,12 @@ def project(gcp: Mapping[str, Any]) -> str | None:
 
 def machine_types(cfg: Mapping[str, Any], problems: Problems) -> dict[str, str | None]:
     """Each role's machine type (role -> type): the role's own key, else kthw:machineType."""
-    machine_type = problems.check(values.gce_name, cfg, "machineType", default="e2-standard-2")
+    machine_type = problems.check(machine_types_module.machine_type, cfg, "machineType", default="e2-standard-2")
     by_role: dict[str, str | None] = {}
     for role, key in ROLE_MACHINE_TYPE_KEYS.items():
         by_role[role] = None
         if cfg.get(key) or machine_type is not None:  # an unset one follows machineType, if that is valid
-            by_role[role] = problems.check(values.gce_name, cfg, key, default=machine_type)
+            by_role[role] = problems.check(machine_types_module.machine_type, cfg, key, default=machine_type)
     return by_role
 
 
@@ -136,3 +137,13 @@ def etcd_backup_bucket(cfg: Mapping[str, Any]) -> str | None:
             "a new GCS bucket name: 3-63 lowercase letters, digits, '-' and '_', no 'goog' prefix (empty: no bucket)",
         )
     return bucket
+
+
+def etcd_backup_bucket_import(cfg: Mapping[str, Any]) -> bool:
+    """Adopt the bucket kthw:etcdBackupBucket names (kept by an earlier destroy) instead of creating it."""
+    adopt = values.boolean(cfg, "etcdBackupBucketImport", False)
+    if adopt and not cfg.get("etcdBackupBucket"):
+        raise ConfigError(
+            "etcdBackupBucketImport", True, "true only with kthw:etcdBackupBucket set (the bucket to adopt)"
+        )
+    return adopt

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 
 import pulumi
 import pulumi_tls as tls
+from pulumi_gcp import compute
 
 from components.config import ClusterConfig, NodeSpec
 from components.machine import ApiEndpoint, FrontEnd, Machine
 from platforms.gcp.api_frontend import ApiFrontend, ApiFrontendArgs
 from platforms.gcp.etcd_backup import EtcdBackupStore, EtcdBackupStoreArgs
 from platforms.gcp.network import Network, NetworkArgs
-from platforms.gcp.node import ETCD_DEVICE, Node, NodeArgs
+from platforms.gcp.node import ETCD_DEVICE, Node, NodeArgs, offered_machine_type
 
 
 def fingerprint(config: ClusterConfig, spec: NodeSpec) -> str:
@@ -52,22 +53,32 @@ class GcpPlatform:
             if config.etcd_backup_bucket
             else None
         )
+        # Every VM names its account: the provider keeps the last email it knows when none is given.
+        self.default_account = compute.get_default_service_account_output(project=config.project).email
+        # One lookup per machine type, in preview as in update: a type the zone does not offer fails
+        # the program before any VM is touched (see offered_machine_type).
+        self.machine_types = {
+            t: offered_machine_type(config, t) for t in sorted({s.machine_type for s in config.nodes})
+        }
         self.nodes: dict[str, Node] = {}
 
     def machine(self, spec: NodeSpec, after: Sequence[pulumi.Resource] = ()) -> Machine:
         cfg = self._config
+        writes_backups = self.backup_store is not None and spec.role == "controller"
         node_args = NodeArgs(
             config=cfg,
             spec=spec,
             subnet=self.network.subnet.id,
             ssh_public_key=self.ssh_key.public_key_openssh,
             ssh_private_key=self.ssh_private_key,
-            after=after,
             service_account_email=(
                 self.backup_store.service_account_email
-                if self.backup_store is not None and spec.role == "controller"
-                else None
+                if self.backup_store is not None and writes_backups
+                else self.default_account
             ),
+            machine_type=self.machine_types[spec.machine_type],
+            writes_backups=writes_backups,
+            after=after,
         )
         node = Node(f"{self._name}-{spec.name}", node_args, self._child)
         self.nodes[spec.name] = node

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -9,7 +10,7 @@ import pulumi
 from pulumi_gcp import compute
 
 from components import bounds, remote
-from components.config import ClusterConfig
+from components.config import TARGET_POOL_DIGEST_LENGTH, ClusterConfig
 from components.machine import API_PORT
 from components.render import render
 
@@ -53,6 +54,11 @@ def target_pool_instances(config: ClusterConfig) -> list[str]:
     return [f"{config.zone}/{c.name}" for c in config.controllers]
 
 
+def members_digest(instance_ids: Sequence[str]) -> str:
+    """A short digest of the controllers' instance ids: part of the target pool's name."""
+    return hashlib.sha256("\n".join(instance_ids).encode()).hexdigest()[:TARGET_POOL_DIGEST_LENGTH]
+
+
 @dataclass(frozen=True)
 class ApiFrontendArgs:
     """What the front end needs: the VPC, the reserved address, and the controllers behind it."""
@@ -61,7 +67,7 @@ class ApiFrontendArgs:
     network: pulumi.Input[str]  # the VPC's name
     address: pulumi.Input[str]  # the static external IP
     controllers: Sequence[remote.Host]
-    instances: Sequence[pulumi.Resource]  # the controllers' compute.Instance resources
+    instances: Sequence[compute.Instance]  # the controllers' VMs
     control_plane_healthy: Sequence[pulumi.Resource]
     worker_addresses: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # worker -> external IP
 
@@ -127,14 +133,24 @@ class ApiFrontend(pulumi.ComponentResource):
             )
             for worker, address in args.worker_addresses.items()
         }
+        # A pool lists its members as ZONE/NAME, and a controller replaced under the same name leaves
+        # that list unchanged: the provider adds and removes only what differs between the old and
+        # the new list (resourceComputeTargetPoolUpdate), while GCE drops a deleted VM from its
+        # pools, so the new VM would never join. The pool's name therefore carries a digest of the
+        # controllers' instance ids: a replaced controller makes a new pool with every member, the
+        # forwarding rule moves to it in place (setTarget) and the old pool is deleted after, so
+        # no explicit-name collision and no moment without a forwarding rule.
+        members = pulumi.Output.all(*[i.instance_id for i in args.instances]).apply(
+            lambda ids: members_digest([str(i) for i in ids])
+        )
         self.target_pool = compute.TargetPool(
             f"{name}-target-pool",
-            name=names.target_pool,
+            name=members.apply(names.target_pool_of),
             region=cfg.region,
             health_checks=self.health_check.name,
             instances=target_pool_instances(cfg),
             # The members are named from config, so the pool must wait for the VMs to exist.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, depends_on=list(args.instances)),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.instances)),
         )
         self.forwarding_rule = compute.ForwardingRule(
             f"{name}-forwarding-rule",

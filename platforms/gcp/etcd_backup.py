@@ -16,6 +16,13 @@ BUCKET_RETENTION_DAYS = 30
 WRITER_ROLE = "roles/storage.objectCreator"
 
 
+def bucket_import_id(config: ClusterConfig) -> str | None:
+    """The ID the provider imports an existing bucket by (PROJECT/NAME), if kthw:etcdBackupBucketImport asks for it."""
+    if not config.etcd_backup_bucket_import or not config.etcd_backup_bucket:
+        return None
+    return f"{config.project}/{config.etcd_backup_bucket}" if config.project else config.etcd_backup_bucket
+
+
 @dataclass(frozen=True)
 class EtcdBackupStoreArgs:
     """The config names the bucket (kthw:etcdBackupBucket)."""
@@ -32,7 +39,11 @@ class EtcdBackupStore(pulumi.ComponentResource):
         if not cfg.etcd_backup_bucket:
             raise ValueError("EtcdBackupStore needs kthw:etcdBackupBucket")
         # Retained on delete: the snapshots are what you restore from after losing the cluster,
-        # so `pulumi destroy` leaves the bucket (and its objects) in the project.
+        # so `pulumi destroy` leaves the bucket (and its objects) in the project. Bucket names are
+        # global, so the next `up` with the same name would fail creating it ("you already own
+        # it"): kthw:etcdBackupBucketImport adopts the kept bucket instead. An explicit switch, not
+        # an automatic lookup: adopting whatever bucket holds the name could take over another
+        # stack's snapshots, and a bucket that is not there should fail loudly, not be created.
         self.bucket = storage.Bucket(
             f"{name}-bucket",
             name=cfg.etcd_backup_bucket,
@@ -40,7 +51,9 @@ class EtcdBackupStore(pulumi.ComponentResource):
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
             lifecycle_rules=[{"action": {"type": "Delete"}, "condition": {"age": BUCKET_RETENTION_DAYS}}],
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, retain_on_delete=True),
+            opts=pulumi.ResourceOptions(
+                parent=self, delete_before_replace=True, retain_on_delete=True, import_=bucket_import_id(cfg)
+            ),
         )
         # The controllers run as this account instead of the project's default compute account
         # (which often holds Editor on the whole project).

@@ -21,6 +21,7 @@ import pytest
 from components import rollout
 from components.pki import IDENTITIES
 from tests.engine import plugins
+from tests.engine.providers import gcp
 from tests.pulumi_cli import Cli, isolated_cli
 
 STACK = "dev"
@@ -274,7 +275,99 @@ def test_adding_a_worker_runs_only_its_steps_and_the_smoke_test(engine: Engine) 
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_destroy_leaves_nothing(engine: Engine) -> None:
+def _instances(engine: Engine) -> dict[str, dict[str, Any]]:
+    return {k.split("/", 1)[1]: v for k, v in engine.plugins.cloud().items() if k.startswith("instance/")}
+
+
+def test_a_machine_type_change_stops_and_starts_the_vms_and_changes_nothing_else(engine: Engine) -> None:
+    """Issue 17 §3.1: GCE gives a stopped and started VM a new ephemeral IP, which the plan cannot show
+    (it keeps the old one); with a static address per node the IP stays, and nothing on the nodes but
+    the controller's etcd ready step (its fingerprint names the machine type) runs again."""
+    before = engine.outputs()
+    ran_before = len(engine.plugins.commands())
+    events_before = len(engine.plugins.instance_events())
+    engine.cli("config", "set", "kthw:machineType", "e2-standard-2", "--stack", STACK)
+    engine.cli("up", "--yes", "--skip-preview", "--stack", STACK, timeout=UP_TIMEOUT)
+    after = engine.outputs()
+    assert (after["controllers"], after["workers"]) == (before["controllers"], before["workers"])
+    ran = [r["resource"] for r in engine.plugins.commands()[ran_before:]]
+    assert ran == ["kthw-controller-0-etcd-ready"], ran
+    events = [(e["operation"], e["instance"]) for e in engine.plugins.instance_events()[events_before:]]
+    vms = ("controller-0", "worker-0", "worker-1")
+    assert sorted(events) == sorted((op, vm) for vm in vms for op in ("stop", "start")), events
+    assert {n: (v["status"], v["inputs"]["machineType"]) for n, v in _instances(engine).items()} == {
+        vm: ("RUNNING", "e2-standard-2") for vm in vms
+    }
+    result = engine.cli("preview", "--expect-no-changes", "--stack", STACK, check=False, timeout=UP_TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("machine_type", "problem"),
+    [
+        ("e2-standrad-2", "zone us-west1-c offers no such machine type"),
+        ("c2-standard-4", "zone us-west1-c offers no such machine type"),
+        ("n4-standard-2", "the N4 family takes Hyperdisk only"),
+    ],
+)
+def test_a_machine_type_gce_would_refuse_fails_before_any_vm_stops(
+    engine: Engine, machine_type: str, problem: str
+) -> None:
+    """Issue 17 §3.2: the provider stops a VM before setMachineType and leaves it TERMINATED when GCE
+    refuses the type; the program refuses it in preview, and `up` fails before any VM is touched."""
+    events_before = len(engine.plugins.instance_events())
+    engine.cli("config", "set", "kthw:machineType", machine_type, "--stack", STACK)
+    try:
+        preview = engine.cli("preview", "--stack", STACK, check=False, timeout=UP_TIMEOUT)
+        assert preview.returncode != 0 and problem in preview.stdout + preview.stderr, preview.stdout
+        up = engine.cli("up", "--yes", "--skip-preview", "--stack", STACK, check=False, timeout=UP_TIMEOUT)
+        assert up.returncode != 0 and problem in up.stdout + up.stderr, up.stdout
+    finally:
+        engine.cli("config", "set", "kthw:machineType", "e2-standard-2", "--stack", STACK)
+    assert engine.plugins.instance_events()[events_before:] == []
+    assert {v["status"] for v in _instances(engine).values()} == {"RUNNING"}
+
+
+BUCKET_NAME = "kthw-engine-test-snapshots"
+
+
+def test_emptying_the_backup_bucket_puts_the_controller_back_on_the_default_account(engine: Engine) -> None:
+    """Issue 17 §3.3: service_account.email is Optional+Computed, so with none given the provider keeps
+    the account the VM has; the program names the project's default compute account instead."""
+    engine.cli("config", "set", "kthw:etcdBackupBucket", BUCKET_NAME, "--stack", STACK)
+    engine.cli("up", "--yes", "--skip-preview", "--stack", STACK, timeout=UP_TIMEOUT)
+    own = _instances(engine)["controller-0"]["serviceAccount"]["email"]
+    assert own == f"kthw-controllers@{PROJECT}.iam.gserviceaccount.com"
+    assert _instances(engine)["worker-0"]["serviceAccount"]["email"] == gcp.default_service_account(PROJECT)
+    engine.cli("config", "rm", "kthw:etcdBackupBucket", "--stack", STACK)
+    engine.cli("up", "--yes", "--skip-preview", "--stack", STACK, timeout=UP_TIMEOUT)
+    controller = _instances(engine)["controller-0"]
+    assert controller["serviceAccount"]["email"] == gcp.default_service_account(PROJECT)
+    assert controller["status"] == "RUNNING"
+    cloud = engine.plugins.cloud()
+    assert not [k for k in cloud if k.startswith("serviceAccount/")]
+    # retain_on_delete: the stack forgot the bucket, the project keeps it.
+    assert f"bucket/{BUCKET_NAME}" in cloud
+
+
+def test_a_kept_bucket_collides_until_it_is_imported(engine: Engine) -> None:
+    """Issue 17 §3.4: bucket names are global; the bucket the last step kept makes a create fail, and
+    kthw:etcdBackupBucketImport adopts it."""
+    engine.cli("config", "set", "kthw:etcdBackupBucket", BUCKET_NAME, "--stack", STACK)
+    failed = engine.cli("up", "--yes", "--skip-preview", "--stack", STACK, check=False, timeout=UP_TIMEOUT)
+    assert failed.returncode != 0 and "you already own it" in failed.stdout + failed.stderr, failed.stdout
+    engine.cli("config", "set", "kthw:etcdBackupBucketImport", "true", "--stack", STACK)
+    engine.cli("up", "--yes", "--skip-preview", "--stack", STACK, timeout=UP_TIMEOUT)
+    buckets = [r for r in engine.resources() if r["type"] == "gcp:storage/bucket:Bucket"]
+    assert [b["id"] for b in buckets] == [BUCKET_NAME]
+    email = _instances(engine)["controller-0"]["serviceAccount"]["email"]
+    assert email == f"kthw-controllers@{PROJECT}.iam.gserviceaccount.com"
+    # Once adopted, the switch changes nothing more.
+    result = engine.cli("preview", "--expect-no-changes", "--stack", STACK, check=False, timeout=UP_TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_destroy_leaves_nothing_but_the_kept_bucket(engine: Engine) -> None:
     engine.cli("destroy", "--yes", "--skip-preview", "--stack", STACK, timeout=UP_TIMEOUT)
     assert [r["type"] for r in engine.resources()] == []
-    assert engine.plugins.cloud() == {}
+    assert list(engine.plugins.cloud()) == [f"bucket/{BUCKET_NAME}"]

@@ -120,3 +120,14 @@ def test_the_plan_replaces_each_controller_and_its_ready_step_in_chain_order(rol
         assert ops[f"kthw-{c}-etcd-leave"] == "update"
         # The etcd disk is untouched: no step for it, or `same`.
         assert ops.get(f"kthw-{c}-etcd-disk", "same") == "same", ops
+
+
+def test_the_load_balancer_lists_the_new_controllers(rollout: Rollout) -> None:
+    """GCE drops a deleted VM from its target pools, and a pool that lists the same ZONE/NAME sees no
+    change; the program names the pool by its members' instance ids, so the replaced controllers
+    come with a new pool, the forwarding rule moves to it and the old one is deleted."""
+    pools = {k.split("/", 1)[1]: v["inputs"] for k, v in rollout.cloud.items() if k.startswith("targetPool/")}
+    (rule,) = [v["inputs"] for k, v in rollout.cloud.items() if k.startswith("forwardingRule/")]
+    assert list(pools) == [rule["target"].rsplit("/", 1)[-1]], (pools, rule["target"])
+    (members,) = pools.values()
+    assert sorted(m.rsplit("/", 1)[-1] for m in members["instances"]) == list(CONTROLLERS)

@@ -2,7 +2,9 @@
 
 `LocalCloud` is a `gcp.Backend` (the JSON state the local gcp plugin keeps) that also acts: an
 instance becomes a node on the namespace's bridge with the instance's internal IP and NAT IP, its
-`ssh-keys` metadata installed at first boot as GCE's guest agent does; a persistent disk becomes a
+`ssh-keys` metadata installed at first boot as GCE's guest agent does (its NAT IP is the static
+address the access config names, or an ephemeral one, new at every create and every start, as
+tests/engine/providers/gcp.py hands them out); a persistent disk becomes a
 sparse file, attached as a loop device under /dev/disk/by-id/google-DEVICE_NAME; firewall rules,
 routes and the API load balancer become the namespace's nftables rules, routes and proxy
 (tests/localcloud/plane.py), resynchronised after every change to them; instance names resolve
@@ -11,6 +13,11 @@ as GCE's internal DNS resolves them (tests/localcloud/dns.py).
 Controllers are systemd-nspawn machines and workers qemu VMs (KTHW_LOCALCLOUD_MACHINES names the
 roles that boot as machines): without KVM a VM runs 20-50x slower, controllers need no container
 runtime, and the kubelet needs the cgroup v2 only a VM's own kernel gives it here.
+
+A stop and start (a machine type or service account change) stops a VM's qemu and boots the same
+disk again, on the NAT IP the start gave it. An nspawn machine keeps its writes in memory
+(`--volatile=overlay`), so it cannot be stopped and started without losing its boot disk: that is
+refused, as is a new NAT IP on a running node (the guest holds its external address, set at boot).
 
 The gcp plugin process lives for one engine operation, the nodes much longer: each node runs in a
 session of its own, and what a later process needs to stop it (pid, bridge port, loop devices) is
@@ -29,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.engine.providers import gcp
+from tests.engine.providers.gcp import GceError
 from tests.localcloud import dns
 from tests.localcloud.image import Image
 from tests.localcloud.net import BRIDGE, Namespace
 from tests.localcloud.nspawn import Machine
-from tests.localcloud.vm import KVM_CANDIDATES, TCG, VM, Accel, Instance
+from tests.localcloud.vm import KVM_CANDIDATES, TCG, VM, Accel, Instance, powerdown, qmp_socket
 
 NETNS_ENV = "KTHW_LOCALCLOUD_NETNS"
 RUN_ENV = "KTHW_LOCALCLOUD_RUN"
@@ -43,6 +51,8 @@ MACHINES_ENV = "KTHW_LOCALCLOUD_MACHINES"
 # The kinds whose every change is re-applied to the namespace (plus instances: firewall targets).
 PLANE_KINDS = {"firewall", "route", "httpHealthCheck", "targetPool", "forwardingRule"}
 DISK_GIB = 10
+# How long a stopping VM may take to shut down before it is switched off (GCE gives 90 s).
+STOP_GRACE = 90
 
 
 def _image(directory: Path) -> Image:
@@ -119,6 +129,11 @@ class LocalCloud(gcp.Backend):
 
     def create_instance(self, name: str, zone: str, inputs: dict[str, Any]) -> dict[str, Any]:
         record = super().create_instance(name, zone, inputs)
+        self._boot(name, record, inputs)
+        return record
+
+    def _boot(self, name: str, record: dict[str, Any], inputs: dict[str, Any], keep_disk: bool = False) -> None:
+        """Boot the instance as a node on the bridge with the record's addresses; keep_disk: a VM's start."""
         nic = record["networkInterfaces"][0]
         metadata = inputs.get("metadata") or {}
         instance = Instance(
@@ -139,7 +154,7 @@ class LocalCloud(gcp.Backend):
         else:
             if devices:
                 raise ValueError(f"{name}: this local cloud attaches disks to nspawn machines only")
-            node = VM(instance, self.image, self.accel, self.namespace, workdir).start()
+            node = VM(instance, self.image, self.accel, self.namespace, workdir).start(keep_disk=keep_disk)
             kind = "vm"
         assert node.process is not None
         port = ""
@@ -165,7 +180,34 @@ class LocalCloud(gcp.Backend):
         }
         self._save_nodes(nodes)
         self.sync_plane()
+
+    def stop_instance(self, name: str) -> None:
+        node = self.nodes().get(name)
+        if node is not None and node["kind"] == "machine":
+            raise GceError(
+                f"{name}: an nspawn machine keeps its writes in memory, so this local cloud cannot stop and "
+                "start it without losing its boot disk (boot that role as a VM: KTHW_LOCALCLOUD_MACHINES)"
+            )
+        super().stop_instance(name)
+        if node is not None:
+            stop_node(self.namespace, node, keep_disk=True)
+            nodes = self.nodes()
+            nodes.pop(name, None)
+            self._save_nodes(nodes)
+            self.sync_plane()
+
+    def start_instance(self, name: str) -> dict[str, Any]:
+        record = super().start_instance(name)
+        self._boot(name, record, record["inputs"], keep_disk=True)
         return record
+
+    def set_access_configs(self, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        if name in self.nodes():
+            raise GceError(
+                f"{name}: this local cloud changes a running node's external IP only when it starts "
+                "(the guest holds the address it booted with)"
+            )
+        return super().set_access_configs(name, inputs)
 
     def delete_instance(self, name: str) -> None:
         super().delete_instance(name)
@@ -173,6 +215,8 @@ class LocalCloud(gcp.Backend):
         node = nodes.pop(name, None)
         if node is not None:
             stop_node(self.namespace, node)
+        # A VM deleted while stopped left its disk behind.
+        (self.run_dir / "nodes" / name / "disk.qcow2").unlink(missing_ok=True)
         self._save_nodes(nodes)
         self.sync_plane()
 
@@ -198,8 +242,11 @@ class LocalCloud(gcp.Backend):
             dns.stop(self.run_dir / "dns")
 
 
-def stop_node(namespace: Namespace, node: dict[str, Any]) -> None:
-    """Stop one node from its record: an orderly nspawn shutdown (else kill its init), or kill qemu."""
+def stop_node(namespace: Namespace, node: dict[str, Any], keep_disk: bool = False) -> None:
+    """Stop one node from its record: an orderly nspawn shutdown (else kill its init), or kill qemu.
+
+    A VM's overlay disk goes with it unless `keep_disk` (a stop that a start will follow).
+    """
     pid = int(node["pid"])
     if node["kind"] == "machine":
         children = Path(f"/proc/{pid}/task/{pid}/children")
@@ -213,6 +260,13 @@ def stop_node(namespace: Namespace, node: dict[str, Any]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
     else:
+        # A stop that a start follows shuts the guest down first, as GCE's does (an ACPI power
+        # button, then up to STOP_GRACE): the overlay is written with cache=unsafe, and a killed
+        # qemu leaves it as a power cut would.
+        if keep_disk and powerdown(Path(node["workdir"])):
+            deadline = time.monotonic() + STOP_GRACE
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         deadline = time.monotonic() + 20
@@ -220,7 +274,9 @@ def stop_node(namespace: Namespace, node: dict[str, Any]) -> None:
             time.sleep(0.2)
         with contextlib.suppress(RuntimeError):
             namespace.exec_ip("link", "del", node["port"])
-        Path(node["workdir"], "disk.qcow2").unlink(missing_ok=True)
+        qmp_socket(Path(node["workdir"])).unlink(missing_ok=True)
+        if not keep_disk:
+            Path(node["workdir"], "disk.qcow2").unlink(missing_ok=True)
     for loop in node.get("loops") or []:
         subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=30, check=False)
 

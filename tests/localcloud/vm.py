@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -150,6 +153,29 @@ class Instance:
         }
 
 
+def qmp_socket(workdir: Path) -> Path:
+    """The VM's QMP socket: short, under /tmp, since a unix socket's path has at most 107 bytes."""
+    return Path("/tmp") / f"kthw-qmp-{hashlib.sha256(str(workdir).encode()).hexdigest()[:16]}.sock"
+
+
+def powerdown(workdir: Path) -> bool:
+    """Press the VM's ACPI power button over QMP (GCE's stop): the guest shuts down and, with
+    -no-reboot, qemu exits. False when the monitor does not answer."""
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(10)
+            conn.connect(str(qmp_socket(workdir)))
+            reader = conn.makefile("r")
+            reader.readline()  # the greeting
+            for command in ("qmp_capabilities", "system_powerdown"):
+                conn.sendall(json.dumps({"execute": command}).encode() + b"\n")
+                while "return" not in (reply := json.loads(reader.readline() or "{}")) and "error" not in reply:
+                    pass  # events may come first
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def mac_address(ip: str) -> str:
     """A stable locally administered MAC from the internal IP, so each NIC is distinct."""
     packed = ipaddress.ip_address(ip).packed
@@ -173,14 +199,16 @@ class VM:
     def console(self) -> Path:
         return self.workdir / "console.log"
 
-    def start(self) -> VM:
+    def start(self, keep_disk: bool = False) -> VM:
+        """Boot the VM; `keep_disk` boots the overlay a stopped VM left (GCE's start after a stop)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         overlay = self.workdir / "disk.qcow2"
-        subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.image.root), str(overlay)],
-            check=True,
-            timeout=60,
-        )
+        if not (keep_disk and overlay.exists()):
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.image.root), str(overlay)],
+                check=True,
+                timeout=60,
+            )
         meta = self.workdir / "metadata"
         meta.mkdir(exist_ok=True)
         fw_cfg: list[str] = []
@@ -203,6 +231,9 @@ class VM:
             "-serial",
             f"file:{self.console}",
             "-no-reboot",
+            # The monitor a stop uses to press the power button, as GCE's stop does (ACPI).
+            "-qmp",
+            f"unix:{qmp_socket(self.workdir)},server=on,wait=off",
             "-kernel",
             str(self.image.kernel),
             "-initrd",
@@ -241,6 +272,7 @@ class VM:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
         (self.workdir / "disk.qcow2").unlink(missing_ok=True)
+        qmp_socket(self.workdir).unlink(missing_ok=True)
 
 
 def scratch_dir(name: str) -> Path:
