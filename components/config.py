@@ -239,6 +239,8 @@ class ClusterConfig:
     binary_digests: tuple[tuple[str, str], ...] = ()
     # kthw:registryMirrors as (registry host, mirror URL) pairs, sorted.
     registry_mirrors: tuple[tuple[str, str], ...] = ()
+    # kthw:maxUnavailableWorkers: how many workers a rolling change drains and restarts at once.
+    max_unavailable_workers: int = 1
 
     @property
     def audit_enabled(self) -> bool:
@@ -486,6 +488,9 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     names = problems.check(lambda: _cluster_name(cfg, controller_count, worker_count, cluster_net))
     binary_digests = _binary_digests(cfg, problems)
     registry_mirrors = _registry_mirrors(cfg, problems)
+    max_unavailable = problems.check(
+        functools.partial(_count, cfg, "maxUnavailableWorkers", 1, None, "workers drained at once")
+    )
 
     if problems.found:
         raise ConfigErrors(problems.found)
@@ -494,7 +499,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     assert controller_count is not None and worker_count is not None and machine_type is not None
     assert validity is not None and rotation is not None and admin_ranges is not None
     assert audit_level is not None and metrics_server is not None
-    assert binary_digests is not None and registry_mirrors is not None
+    assert binary_digests is not None and registry_mirrors is not None and max_unavailable is not None
 
     controllers = tuple(
         NodeSpec(
@@ -540,6 +545,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         metrics_server=metrics_server,
         binary_digests=binary_digests,
         registry_mirrors=registry_mirrors,
+        max_unavailable_workers=max_unavailable,
     )
 
 

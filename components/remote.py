@@ -88,7 +88,7 @@ def fingerprint(files: Sequence[RemoteFile]) -> pulumi.Output[str]:
 def run(
     resource_name: str,
     host: Host,
-    script: str,
+    script: pulumi.Input[str],
     *,
     parent: pulumi.Resource,
     stdin: pulumi.Input[str] | None = None,
