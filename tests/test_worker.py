@@ -21,8 +21,8 @@ import pytest
 import yaml
 from pulumi_command import remote as command_remote
 
-from components import config as config_module
 from components import bounds, remote, versions, worker
+from components import config as config_module
 from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
 from tests import upstream

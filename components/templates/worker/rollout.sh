@@ -54,23 +54,24 @@ lease_json() {
     "$2" "${lease_seconds}" "${now}" "${now}"
 }
 
-# Reads slot $1 into slot_rv, slot_holder, slot_renew. Returns 1 if it does not exist, 2 on an error.
+# Reads slot $1 into slot_rv, slot_holder, slot_renew and slot_duration (the holder's own lease
+# duration). Returns 1 if it does not exist, 2 on an error.
 read_slot() {
   local out
   if ! out="$(k -n "${namespace}" get lease "$1" \
-    -o 'jsonpath={.metadata.resourceVersion}|{.spec.holderIdentity}|{.spec.renewTime}' 2>&1)"; then
+    -o 'jsonpath={.metadata.resourceVersion}|{.spec.holderIdentity}|{.spec.renewTime}|{.spec.leaseDurationSeconds}' 2>&1)"; then
     case "${out}" in *NotFound*) return 1 ;; esac
     log "could not read lease ${namespace}/$1: ${out}"
     return 2
   fi
-  IFS='|' read -r slot_rv slot_holder slot_renew <<< "${out}"
+  IFS='|' read -r slot_rv slot_holder slot_renew slot_duration <<< "${out}"
 }
 
 expired() {
   local renewed
   [ -n "${slot_renew}" ] || return 0
   renewed="$(date -u -d "${slot_renew}" +%s 2>/dev/null)" || return 0
-  [ $((renewed + lease_seconds)) -lt "$(date -u +%s)" ]
+  [ $((renewed + ${slot_duration:-${lease_seconds}})) -lt "$(date -u +%s)" ]
 }
 
 # Is node $1 still cordoned by this program (its turn not finished)? An unreadable answer counts as yes.
