@@ -46,6 +46,21 @@ SMOKE_CHECK_SECONDS = 300
 # The load balancer needs a few health-check intervals before it sends traffic to a new backend.
 PUBLIC_PROBE_SECONDS = 300
 
+# A worker's turn in a rolling change: `kubectl drain` may take this long (evictions honour
+# PodDisruptionBudgets and wait for replacements elsewhere) before the step fails naming the pods.
+DRAIN_SECONDS = 300
+# An upgrade slot (a Lease) expires this long after it was taken: a whole turn (drain, the service
+# restarts, the ready wait) ends well within it. A worker waiting for a slot gives up when no slot
+# changed hands for this long, and a dead holder's slot is taken over after it, never while the
+# holder is still cordoned by the program.
+WORKER_TURN_SECONDS = 15 * 60
+# The whole wait for a slot, while slots keep changing hands (the turns of the workers ahead); not
+# a function of the worker count, so adding a worker changes no other worker's steps.
+WORKER_SLOT_WAIT_SECONDS = 12 * 60 * 60
+# How long a controller waits, after its control plane is healthy, for the load balancer's health
+# check to have seen it healthy long enough to send it traffic again.
+IN_SERVICE_SECONDS = 300
+
 
 @dataclass(frozen=True)
 class Curl:

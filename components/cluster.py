@@ -30,8 +30,10 @@ class Cluster(pulumi.ComponentResource):
     The bootstrap graph is wide across workers, deliberately narrow across controllers: every
     node's steps hang off its own SSH gate; controllers come (and are replaced) one at a time, each
     after the previous one's etcd member is ready, so etcd never loses quorum; each control plane
-    waits for its own member; every worker waits only for the control planes and the API front
-    end, never for another worker. Adding workers adds parallel branches, so `pulumi up` takes
+    waits for its own member and for the previous controller's control plane to be back in the
+    load balancer; every worker waits only for the control planes and the API front end, never for
+    another worker in the graph (workers take turns through a lock inside the cluster, and only
+    when a running worker changes). Adding workers adds parallel branches, so `pulumi up` takes
     about as long for 100 workers as for 3.
     """
 
@@ -90,30 +92,42 @@ class Cluster(pulumi.ComponentResource):
                     child,
                 )
             )
-        # KTHW ch. 8: every API server talks to every etcd member, and starts once its own is ready.
-        self.control_plane = [
-            ControlPlaneNode(
-                f"{name}-{c.spec.name}-control-plane",
-                ControlPlaneArgs(
-                    config=cfg,
-                    spec=c.spec,
-                    host=c.host,
-                    public_address=api.node_address,
-                    pki=self.pki,
-                    encryption_config=encryption_config,
-                    # Its own member healthy means the cluster has its quorum; waiting for every
-                    # member would keep each replaced controller's API server down to the last.
-                    etcd_members=[member.started],
-                ),
-                child,
+        # KTHW ch. 8: what routes the API's address to the controllers. GCE's health-check proxies
+        # need nothing but nginx and the CA, so they are there before any API server starts.
+        self.front_end = self.platform.front_end(self.controllers, self.pki.ca.cert_pem)
+
+        # Every API server talks to every etcd member, and starts once its own is ready. Controller
+        # i's services (re)start only after controller i-1's control plane is healthy and back in the
+        # load balancer's pool, so a change restarts one API server at a time and the pool always has
+        # the others. On a fresh cluster this adds little: controller i's VM already waits for
+        # controller i-1's etcd member.
+        self.control_plane: list[ControlPlaneNode] = []
+        for c, member in zip(self.controllers, self.etcd, strict=True):
+            self.control_plane.append(
+                ControlPlaneNode(
+                    f"{name}-{c.spec.name}-control-plane",
+                    ControlPlaneArgs(
+                        config=cfg,
+                        spec=c.spec,
+                        host=c.host,
+                        public_address=api.node_address,
+                        pki=self.pki,
+                        encryption_config=encryption_config,
+                        # Its own member healthy means the cluster has its quorum; waiting for every
+                        # member would keep each replaced controller's API server down to the last.
+                        etcd_members=[member.started],
+                        after=[p.in_service for p in self.control_plane[-1:]],
+                        rejoin=self.front_end.rejoin,
+                    ),
+                    child,
+                )
             )
-            for c, member in zip(self.controllers, self.etcd, strict=True)
-        ]
         control_plane_healthy = [cp.healthy for cp in self.control_plane]
+        control_plane_in_service = [cp.in_service for cp in self.control_plane]
 
-        self.front_end = self.platform.front_end(self.controllers, control_plane_healthy)
-
-        # KTHW ch. 9: kubelets register through the public address, so they wait for the front end.
+        # KTHW ch. 9: kubelets register through the public address, so they wait for the front end;
+        # and for every control plane, since a kubelet may not be newer than any API server.
+        # Controller-0's admin drains and uncordons them around their restarts.
         self.worker_nodes = [
             WorkerNode(
                 f"{name}-{w.spec.name}-bootstrap",
@@ -126,16 +140,17 @@ class Cluster(pulumi.ComponentResource):
                     kubelet=self.pki.kubelets[w.spec.name],
                     kube_proxy=self.pki.kube_proxy,
                     control_plane_ready=[
-                        *control_plane_healthy,
+                        *control_plane_in_service,
                         *self.front_end.ready,
                         *self.front_end.worker_access.get(w.spec.name, ()),
                     ],
+                    admin=self.controllers[0].host,
                 ),
                 child,
             )
             for w in self.workers
         ]
-        workers_ready = [w.ready for w in self.worker_nodes]
+        workers_ready = [w.schedulable for w in self.worker_nodes]
 
         first_controller = self.controllers[0].host
         self.addons = Addons(
@@ -163,6 +178,8 @@ class Cluster(pulumi.ComponentResource):
                     self.addons.dns,
                     *([self.addons.metrics_server] if self.addons.metrics_server else []),
                     *workers_ready,
+                    # Also each ready step: a rebuilt worker replaces it, and its new id re-runs the test.
+                    *(w.ready for w in self.worker_nodes),
                     *self.front_end.ready,
                     *self.platform.network_ready(),
                     *(step for m in self.etcd for step in (m.leave, m.backup)),

@@ -11,6 +11,7 @@ import pulumi
 from components import artifacts, bounds, remote
 from components.config import AUDIT_OFF, ClusterConfig, NodeSpec
 from components.kubeconfig import ADMIN_USER, CONTROLLER_MANAGER_USER, SCHEDULER_USER, kubeconfig_output
+from components.machine import Rejoin
 from components.pki import CertPair, Pki
 from components.render import render, to_yaml
 
@@ -44,6 +45,9 @@ API_PORT = 6443
 # backend's traffic to its own forwarding rule back to itself, which fails half the time.
 LOCAL_SERVER = f"https://127.0.0.1:{API_PORT}"
 UNITS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# Seconds added to the time the load balancer takes to drop a failing backend: how long a stopping
+# API server keeps serving after its /readyz turned red (--shutdown-delay-duration).
+SHUTDOWN_DELAY_MARGIN_SECONDS = 5
 ARTIFACTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
 
@@ -141,7 +145,19 @@ def audit_flags(config: ClusterConfig) -> dict[str, str]:
     }
 
 
-def render_api_server_unit(config: ClusterConfig, spec: NodeSpec, public_address: str) -> str:
+def shutdown_delay_seconds(config: ClusterConfig, seconds_to_leave: int) -> int:
+    """How long a stopping API server keeps serving with /readyz failing, so the pool drops it first.
+
+    `seconds_to_leave` is the longest the front end keeps a failing backend (0: nothing balances the
+    API servers). With one controller there is no other backend to take its requests: the delay
+    would only lengthen the outage, so it is 0.
+    """
+    if len(config.controllers) == 1 or seconds_to_leave <= 0:
+        return 0
+    return seconds_to_leave + SHUTDOWN_DELAY_MARGIN_SECONDS
+
+
+def render_api_server_unit(config: ClusterConfig, spec: NodeSpec, public_address: str, seconds_to_leave: int = 0) -> str:
     """kube-apiserver.service for one controller; its version comment restarts it on an upgrade."""
     return render(
         "control-plane/kube-apiserver.service",
@@ -160,6 +176,7 @@ def render_api_server_unit(config: ClusterConfig, spec: NodeSpec, public_address
         service_account_key=SERVICE_ACCOUNT_KEY,
         service_account_issuer=service_account_issuer(public_address),
         service_cidr=config.service_cidr,
+        shutdown_delay=shutdown_delay_seconds(config, seconds_to_leave),
     )
 
 
@@ -242,12 +259,23 @@ class ControlPlaneArgs:
     encryption_config: pulumi.Input[str]  # secret YAML
     # The etcd ready steps it waits for: the cluster passes its own controller's member.
     etcd_members: Sequence[pulumi.Resource]
+    # The previous controller's in-service step: this controller's services restart only after it.
+    after: Sequence[pulumi.Resource] = ()
+    # How the front end drops and takes back this controller; None: nothing balances the API servers.
+    rejoin: Rejoin | None = None
 
 
 class ControlPlaneNode(pulumi.ComponentResource):
-    """Bootstraps one controller's control plane: binaries, one deploy per service, then a health check."""
+    """Bootstraps one controller's control plane: binaries, one deploy per service, a health check, and
+    the wait until the load balancer sends it requests again.
+
+    Every step that restarts a service waits for the previous controller's in-service step, so a
+    change (a version bump, a certificate rotation) restarts one controller's control plane at a
+    time, and the next only once the pool serves from this one again.
+    """
 
     healthy: pulumi.Resource
+    in_service: pulumi.Resource
 
     def __init__(self, name: str, args: ControlPlaneArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kthw:index:ControlPlaneNode", name, None, opts)
@@ -261,8 +289,10 @@ class ControlPlaneNode(pulumi.ComponentResource):
         def kubeconfig(user: str, client: CertPair) -> pulumi.Output[str]:
             return kubeconfig_output(server=LOCAL_SERVER, user=user, ca=pki.ca, client=client)
 
+        rejoin = args.rejoin
+        seconds_to_leave = rejoin.seconds_to_leave if rejoin else 0
         unit = pulumi.Output.from_input(args.public_address).apply(
-            lambda address: render_api_server_unit(cfg, spec, address)
+            lambda address: render_api_server_unit(cfg, spec, address, seconds_to_leave)
         )
         api_server_files = [
             remote.RemoteFile(f"{UNIT_DIR}/kube-apiserver.service", unit),
@@ -290,7 +320,7 @@ class ControlPlaneNode(pulumi.ComponentResource):
             step="kube-apiserver",
             files=api_server_files,
             units=["kube-apiserver"],
-            depends_on=[binaries, *args.etcd_members],
+            depends_on=[binaries, *args.etcd_members, *args.after],
         )
         # The controller manager and the scheduler read the request-header CA's configmap as they
         # start; started before the API server has bootstrapped its RBAC roles, each exits once
@@ -324,7 +354,7 @@ class ControlPlaneNode(pulumi.ComponentResource):
             step="kube-controller-manager",
             files=controller_manager_files,
             units=["kube-controller-manager"],
-            depends_on=[binaries, api_server_ready],
+            depends_on=[binaries, api_server_ready, *args.after],
         )
 
         scheduler_files = [
@@ -339,17 +369,30 @@ class ControlPlaneNode(pulumi.ComponentResource):
             step="kube-scheduler",
             files=scheduler_files,
             units=["kube-scheduler"],
-            depends_on=[binaries, api_server_ready],
+            depends_on=[binaries, api_server_ready, *args.after],
         )
 
         # Re-run whenever any service's files change (a deploy restarted it): `systemctl restart`
         # returns before an API server with a bad flag or file gives up.
+        restarts = remote.fingerprint(api_server_files + controller_manager_files + scheduler_files)
         self.healthy = remote.run(
             f"{name}-healthy",
             host,
             render_health_script(spec),
             parent=self,
-            triggers=[remote.fingerprint(api_server_files + controller_manager_files + scheduler_files)],
+            triggers=[restarts],
             depends_on=[api_server, controller_manager, scheduler],
         )
+        # Back behind the load balancer: what the next controller's restarts wait for. Without one,
+        # healthy is in service.
+        self.in_service: pulumi.Resource = self.healthy
+        if rejoin is not None:
+            self.in_service = remote.run(
+                f"{name}-in-service",
+                host,
+                rejoin.in_service_script(spec.name),
+                parent=self,
+                triggers=[restarts],
+                depends_on=[self.healthy, *([rejoin.proxies[spec.name]] if spec.name in rejoin.proxies else [])],
+            )
         self.register_outputs({"internal_ip": spec.internal_ip, "local_server": LOCAL_SERVER})

@@ -36,6 +36,10 @@ LEAVE_SCRIPT = f"{SCRIPT_DIR}/kthw-etcd-leave"
 RESTORE_SCRIPT = f"{SCRIPT_DIR}/kthw-etcd-restore"
 BACKUP_SCRIPT = f"{SCRIPT_DIR}/kthw-etcd-backup"
 BACKUP_UNIT_DIR = "/etc/systemd/system"
+# "This controller has been part of a cluster": one marker on the boot disk, one on the etcd disk
+# (beside the data dir, not in it). The founder founds only while neither exists, so a founder
+# that lost one disk after a power loss waits for the others instead of founding a second cluster.
+FOUNDED_MARKERS = ("/var/lib/kthw/etcd-founded", f"{MOUNT_POINT}/kthw-founded")
 CLUSTER_TOKEN = "etcd-cluster-0"
 CLIENT_PORT = 2379
 PEER_PORT = 2380
@@ -112,6 +116,7 @@ def render_membership_script(config: ClusterConfig, spec: NodeSpec) -> str:
         # The first controller founds the cluster; every other one joins it, so growing, a fresh
         # cluster and a replaced member all take the same path: one `member add` at a time.
         founder="true" if spec.index == 0 else "false",
+        founded_markers=" ".join(FOUNDED_MARKERS),
         peers=_others(config, spec),
         **_tls(),
     )
@@ -125,6 +130,7 @@ def render_ready_script(config: ClusterConfig, spec: NodeSpec) -> str:
         local_url=LOCAL_URL,
         peers=_others(config, spec),
         timeout=READY_TIMEOUT_S,
+        founded_markers=" ".join(FOUNDED_MARKERS),
         **_tls(),
     )
 

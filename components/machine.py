@@ -7,7 +7,7 @@ would (routes, firewall, load balancer) and hands the cluster these values throu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,17 +59,36 @@ class ApiEndpoint:
 
 
 @dataclass(frozen=True)
+class Rejoin:
+    """How a load balancer drops a stopping API server and takes a restarted one back (GCE: a pool's health check).
+
+    A control plane restart waits for the previous controller's to be back in the pool, and a
+    stopping API server keeps serving until the pool has dropped it, so the API never loses two
+    backends at once nor sends a request to one that is gone.
+    """
+
+    # Per controller, what must be there before its in-service wait can pass (its health-check proxy).
+    proxies: Mapping[str, pulumi.Resource]
+    # The wait script for one controller: until the pool sends it requests again.
+    in_service_script: Callable[[str], str]
+    # The longest a failing backend stays in the pool.
+    seconds_to_leave: int
+
+
+@dataclass(frozen=True)
 class FrontEnd:
-    """What stands between the nodes and the API servers, once it is up."""
+    """What stands between the nodes and the API servers; built before the control planes."""
 
     # What "the API answers on its node address" waits for.
     ready: Sequence[pulumi.Resource] = ()
     # Per worker, what it must wait for besides `ready` (GCE: the firewall rule admitting it).
     worker_access: Mapping[str, Sequence[pulumi.Resource]] = field(default_factory=dict)
+    # None where nothing balances the API servers (the nodes dial one controller's address).
+    rejoin: Rejoin | None = None
 
 
 class Platform(Protocol):
-    """The ground a cluster stands on. The cluster calls it in this order: ssh key, api, machines, front end.
+    """The ground a cluster stands on. The cluster calls it in this order: ssh key, api, machines, front end (before the control planes).
 
     Every resource a platform creates is a child of `parent` (the cluster), named from `name`, so
     the resources' URNs do not depend on which module made them.
@@ -82,8 +101,9 @@ class Platform(Protocol):
         """Create (or take over) one node; a controller waits for `after` (the previous etcd member)."""
         ...
 
-    def front_end(self, controllers: Sequence[Machine], control_planes_healthy: Sequence[pulumi.Resource]) -> FrontEnd:
-        """What routes the API's address to healthy controllers, built once the control planes are."""
+    def front_end(self, controllers: Sequence[Machine], ca_cert: pulumi.Input[str]) -> FrontEnd:
+        """What routes the API's address to healthy controllers; built before the control planes start,
+        since a health check may need the cluster CA (`ca_cert`) and nothing else."""
         ...
 
     def network_ready(self) -> Sequence[pulumi.Resource]:

@@ -109,7 +109,7 @@ def capped(script: str) -> str:
 def run(
     resource_name: str,
     host: Host,
-    script: str,
+    script: pulumi.Input[str],
     *,
     parent: pulumi.Resource,
     stdin: pulumi.Input[str] | None = None,
@@ -129,7 +129,7 @@ def run(
     return remote.Command(
         resource_name,
         connection=host.connection,
-        create=script if secret_stdin else capped(script),
+        create=script if secret_stdin else pulumi.Output.from_input(script).apply(capped),
         stdin=pulumi.Output.secret(stdin) if secret_stdin and stdin is not None else stdin,
         triggers=list(triggers) if triggers else None,
         logging=remote.Logging.NONE if secret_stdin else remote.Logging.STDOUT_AND_STDERR,

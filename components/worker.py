@@ -69,6 +69,16 @@ PACKAGES = ("socat", "conntrack", "ipset", "iptables")
 KERNEL_MODULES = ("overlay", "br_netfilter", "nf_conntrack")
 SYSCTLS = (("net.bridge.bridge-nf-call-iptables", "1"), ("net.ipv4.ip_forward", "1"))
 ARTIFACTS = ("containerd", "runc", "cni-plugins", "crictl", "kubelet", "kube-proxy", "kubectl")
+# The kubelet's own health endpoint (KubeletConfiguration's healthzBindAddress and healthzPort defaults).
+KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"
+# Rolling changes: the upgrade slots are Leases kube-system/kthw-worker-upgrade-N, and two
+# annotations on each Node say which configuration it runs and that the program cordoned it.
+SLOT_NAMESPACE = "kube-system"
+SLOT_PREFIX = "kthw-worker-upgrade-"
+APPLIED_ANNOTATION = "kthw/applied"
+CORDONED_ANNOTATION = "kthw/cordoned"
+# The drain and uncordon steps run on a controller, as the admin (its kubeconfig talks to its own API server).
+ADMIN_KUBECTL = "sudo /usr/local/bin/kubectl --kubeconfig /var/lib/kubernetes/admin.kubeconfig"
 # The CNI spec version KTHW uses; CNI plugins 1.9 and containerd 2.x's libcni read 0.1.0 through 1.1.0.
 CNI_SPEC_VERSION = "1.0.0"
 
@@ -229,6 +239,7 @@ def render_kubelet_unit(config: ClusterConfig, spec: NodeSpec) -> str:
         config_path=KUBELET_CONFIG,
         kubeconfig_path=KUBELET_KUBECONFIG,
         node_name=_worker(spec).name,
+        node_ip=_worker(spec).internal_ip,
     )
 
 
@@ -259,8 +270,10 @@ def render_ready_script(
     kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
     units: Sequence[str] = ("containerd", "kubelet", "kube-proxy"),
     cni_bin_dir: str = CNI_BIN_DIR,
+    kubelet_healthz: str = KUBELET_HEALTHZ,
 ) -> str:
-    """ready.sh: check the CNI plugins, wait for containerd, kubelet and kube-proxy, then for the node to be Ready.
+    """ready.sh: check the CNI plugins, wait for containerd, kubelet and kube-proxy, the kubelet's own
+    /healthz, then for the node to be Ready.
 
     The keywords exist for tests, which run the script with short bounds against stand-ins.
     """
@@ -268,12 +281,50 @@ def render_ready_script(
         "worker/ready.sh",
         node=spec.name,
         units=" ".join(units),
+        kubelet_healthz=kubelet_healthz,
         timeout_seconds=timeout_seconds,
         kubectl_timeout=kubectl_timeout,
         systemctl_timeout=bounds.SYSTEMCTL_TIMEOUT_SECONDS,
         kubeconfig=KUBELET_KUBECONFIG,
         cni_plugins=" ".join(CNI_REQUIRED_BINARIES),
         cni_bin_dir=cni_bin_dir,
+    )
+
+
+def render_rollout_script(
+    config: ClusterConfig,
+    spec: NodeSpec,
+    action: str,
+    fingerprint: str,
+    *,
+    kubectl: str = ADMIN_KUBECTL,
+    drain_seconds: int = bounds.DRAIN_SECONDS,
+    turn_seconds: int = bounds.WORKER_TURN_SECONDS,
+    kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
+) -> str:
+    """rollout.sh for `action` "drain" (before a worker's services restart) or "uncordon" (after its ready step).
+
+    `fingerprint` is what the worker's restarting steps install. The keywords exist for tests, which
+    run the script against a real API server with their own kubectl and short bounds.
+    """
+    if action not in ("drain", "uncordon"):
+        raise ValueError(f"unknown rollout action {action!r}")
+    return render(
+        "worker/rollout.sh",
+        node=_worker(spec).name,
+        action=action,
+        fingerprint=fingerprint,
+        namespace=SLOT_NAMESPACE,
+        prefix=SLOT_PREFIX,
+        slots=config.max_unavailable_workers,
+        lease_seconds=turn_seconds,
+        stall_seconds=turn_seconds,
+        drain_seconds=drain_seconds,
+        kubectl=kubectl,
+        kubectl_timeout=kubectl_timeout,
+        timeout_seconds=bounds.WORKER_SLOT_WAIT_SECONDS,
+        applied_annotation=APPLIED_ANNOTATION,
+        cordoned_annotation=CORDONED_ANNOTATION,
     )
 
 
@@ -293,10 +344,22 @@ class WorkerArgs:
     kube_proxy: CertPair
     # The control plane and its front end: kubelets and kube-proxies start after them.
     control_plane_ready: Sequence[pulumi.Resource]
+    # The controller whose admin credentials drain and uncordon this worker (controller-0).
+    admin: remote.Host
 
 
 class WorkerNode(pulumi.ComponentResource):
-    """Bootstraps one worker: prerequisites, binaries, then one deploy per service, then a ready check."""
+    """Bootstraps one worker: prerequisites, binaries, a drain, one deploy per service, a ready check, an uncordon.
+
+    The drain and uncordon steps bracket every step that restarts a service. They run again exactly
+    when those steps' files change (a version bump, a certificate rotation), and take turns through
+    an upgrade slot inside the cluster, so at most kthw:maxUnavailableWorkers workers are out at a
+    time. A fresh worker (not registered yet) skips them, so a new cluster's workers still
+    bootstrap side by side: no worker's steps wait for another worker's in the resource graph.
+    """
+
+    ready: pulumi.Resource
+    schedulable: pulumi.Resource
 
     def __init__(self, name: str, args: WorkerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kthw:index:WorkerNode", name, None, opts)
@@ -321,18 +384,6 @@ class WorkerNode(pulumi.ComponentResource):
             remote.RemoteFile(f"{UNIT_DIR}/containerd.service", render_containerd_unit(cfg)),
             *registry_files(cfg),
         ]
-        containerd = remote.deploy(
-            f"{name}-containerd",
-            host,
-            parent=self,
-            step="containerd",
-            files=containerd_files,
-            obsolete=CNI_OBSOLETE_CONFS + obsolete_registry_files(cfg),
-            units=["containerd"],
-            secret=False,  # no key material: keep its output readable
-            depends_on=[binaries],
-        )
-
         server = pulumi.Output.concat("https://", args.public_address, ":6443")
         kubelet_files = [
             remote.RemoteFile(CA_PATH, args.ca.cert_pem),
@@ -346,17 +397,6 @@ class WorkerNode(pulumi.ComponentResource):
             remote.RemoteFile(KUBELET_CONFIG, render_kubelet_config(cfg, spec)),
             remote.RemoteFile(f"{UNIT_DIR}/kubelet.service", render_kubelet_unit(cfg, spec)),
         ]
-        # The kubelet registers its node on start, so it waits for the API behind the public address.
-        kubelet = remote.deploy(
-            f"{name}-kubelet",
-            host,
-            parent=self,
-            step="kubelet",
-            files=kubelet_files,
-            units=["kubelet"],
-            depends_on=[containerd, *args.control_plane_ready],
-        )
-
         kube_proxy_files = [
             remote.RemoteFile(
                 KUBE_PROXY_KUBECONFIG,
@@ -366,6 +406,38 @@ class WorkerNode(pulumi.ComponentResource):
             remote.RemoteFile(KUBE_PROXY_CONFIG, render_kube_proxy_config(cfg, spec)),
             remote.RemoteFile(f"{UNIT_DIR}/kube-proxy.service", render_kube_proxy_unit(cfg)),
         ]
+        # What the restarting steps install: the drain runs again exactly when a service will restart.
+        # After the control plane (kubelets are never newer than API servers, and it uses the API).
+        fingerprint = remote.fingerprint(containerd_files + kubelet_files + kube_proxy_files)
+        drain = remote.run(
+            f"{name}-drain",
+            args.admin,
+            fingerprint.apply(lambda f: render_rollout_script(cfg, spec, "drain", f)),
+            parent=self,
+            depends_on=[binaries, *args.control_plane_ready],
+        )
+
+        containerd = remote.deploy(
+            f"{name}-containerd",
+            host,
+            parent=self,
+            step="containerd",
+            files=containerd_files,
+            obsolete=CNI_OBSOLETE_CONFS + obsolete_registry_files(cfg),
+            units=["containerd"],
+            secret=False,  # no key material: keep its output readable
+            depends_on=[binaries, drain],
+        )
+        # The kubelet registers its node on start, so it waits for the API behind the public address.
+        kubelet = remote.deploy(
+            f"{name}-kubelet",
+            host,
+            parent=self,
+            step="kubelet",
+            files=kubelet_files,
+            units=["kubelet"],
+            depends_on=[containerd, drain, *args.control_plane_ready],
+        )
         kube_proxy = remote.deploy(
             f"{name}-kube-proxy",
             host,
@@ -373,17 +445,25 @@ class WorkerNode(pulumi.ComponentResource):
             step="kube-proxy",
             files=kube_proxy_files,
             units=["kube-proxy"],
-            depends_on=[binaries, *args.control_plane_ready],
+            depends_on=[binaries, drain, *args.control_plane_ready],
         )
 
         # Re-run the check whenever any service's files change (a deploy restarted something),
         # since `systemctl restart` returns before a crashing kubelet gives up.
-        self.ready: pulumi.Resource = remote.run(
+        self.ready = remote.run(
             f"{name}-ready",
             host,
             render_ready_script(spec),
             parent=self,
-            triggers=[remote.fingerprint(containerd_files + kubelet_files + kube_proxy_files)],
+            triggers=[fingerprint],
             depends_on=[kubelet, kube_proxy],
+        )
+        # Pods may come back, and the upgrade slot goes to the next worker.
+        self.schedulable = remote.run(
+            f"{name}-uncordon",
+            args.admin,
+            fingerprint.apply(lambda f: render_rollout_script(cfg, spec, "uncordon", f)),
+            parent=self,
+            depends_on=[self.ready, drain],
         )
         self.register_outputs({"internal_ip": spec.internal_ip, "pod_cidr": spec.pod_cidr})

@@ -175,6 +175,8 @@ class Loopback:
             (etcd.LOCAL_URL, member.local),
             (etcd.CONFIG_DIR + "/", f"{member.root}{etcd.CONFIG_DIR}/"),
             (etcd.MOUNT_POINT, f"{member.root}{etcd.MOUNT_POINT}"),
+            # The boot disk's marker (the etcd disk's is under MOUNT_POINT, moved above).
+            (etcd.FOUNDED_MARKERS[0], f"{member.root}{etcd.FOUNDED_MARKERS[0]}"),
             (etcd.ENV_FILE, f"{member.root}{etcd.ENV_FILE}"),
             (etcd.SCRIPT_DIR + "/", f"{member.root}{etcd.SCRIPT_DIR}/"),
             (etcd.ETCDCTL, str(ETCDCTL)),
@@ -232,6 +234,31 @@ class Loopback:
         ready = member.ready(timeout)
         assert ready.returncode == 0, f"{name} not ready: {ready.stdout}{ready.stderr}\n{member.tail()}"
         return time.monotonic() - began
+
+    def start_as_systemd_would(self, name: str, attempts: int = 12, pause: float = 5) -> list[str]:
+        """Start a member, repeating a refused membership script every `pause` s as Restart=on-failure does.
+
+        Returns what each refused attempt logged; raises once `attempts` all refused.
+        """
+        refused: list[str] = []
+        for _ in range(attempts):
+            membership = self.members[name].start()
+            if membership.returncode == 0:
+                return refused
+            refused.append(membership.stderr)
+            time.sleep(pause)
+        raise AssertionError(f"{name} never started: {refused[-1] if refused else ''}")
+
+    def cluster_ids(self) -> dict[str, str]:
+        """member -> the cluster ID it reports (`endpoint status`), for every running member."""
+        found = {}
+        for m in self.running():
+            status = self.etcdctl("endpoint", "status", "-w", "fields", endpoints=m.client)
+            assert status.returncode == 0, status.stderr
+            for line in status.stdout.splitlines():
+                if line.startswith('"ClusterID"'):
+                    found[m.spec.name] = line.split(":", 1)[1].strip()
+        return found
 
     def stop_all(self) -> None:
         for m in self.members.values():

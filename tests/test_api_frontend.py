@@ -27,14 +27,17 @@ from components import config as config_module
 from components import remote
 from components.config import ClusterConfig
 from components.render import TEMPLATES
+from platforms.gcp import api_frontend
 from platforms.gcp.api_frontend import (
+    API_CA_FILE,
     HEALTHZ_SITE_PATH,
     ApiFrontend,
     ApiFrontendArgs,
     install_nginx_script,
     render_healthz_site,
+    render_in_service_script,
 )
-from tests.harness import Recording, run_components
+from tests.harness import Recording, bundle, run_components
 from tests.tools import require_tool
 
 GCP = {"gcp:project": "kthw-test", "gcp:region": "europe-west4", "gcp:zone": "europe-west4-b"}
@@ -66,12 +69,14 @@ def load(**kthw: str) -> ClusterConfig:
 # --- the rendered nginx site ---------------------------------------------------------------------
 
 
-def test_site_relays_healthz_to_the_local_api_with_verification() -> None:
+def test_site_relays_healthz_to_the_local_api_readyz_with_verification() -> None:
     site = render_healthz_site()
     assert "listen 80;" in site
     assert "server_name kubernetes.default.svc.cluster.local;" in site
-    assert "proxy_pass https://127.0.0.1:6443/healthz;" in site
-    assert "proxy_ssl_trusted_certificate /var/lib/kubernetes/ca.pem;" in site
+    # The check asks /healthz; nginx asks /readyz, which a stopping API server fails while it still serves.
+    assert "location = /healthz {" in site
+    assert "proxy_pass https://127.0.0.1:6443/readyz;" in site
+    assert "proxy_ssl_trusted_certificate /etc/nginx/kthw-api-ca.pem;" in site
     assert "proxy_ssl_verify on;" in site
     assert "proxy_ssl_name kubernetes;" in site
 
@@ -103,7 +108,36 @@ def test_install_script_trusts_dpkg_not_path(tmp_path: Path) -> None:
 
 
 def test_every_api_frontend_template_is_used() -> None:
-    assert sorted(p.name for p in (TEMPLATES / "api-frontend").iterdir()) == ["healthz.conf", "install-nginx.sh"]
+    assert sorted(p.name for p in (TEMPLATES / "api-frontend").iterdir()) == [
+        "healthz.conf",
+        "in-service.sh",
+        "install-nginx.sh",
+    ]
+
+
+def test_in_service_script_is_shellcheck_clean(tmp_path: Path) -> None:
+    shellcheck = require_tool("shellcheck")
+    script = tmp_path / "in-service.sh"
+    script.write_text(render_in_service_script("controller-1"))
+    result = subprocess.run([shellcheck, "-s", "bash", str(script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+
+
+def test_health_timing_follows_gces_legacy_check() -> None:
+    # Two failed probes 5 s apart, the second one timing out: out of the pool within 15 s of /readyz failing.
+    assert api_frontend.seconds_to_leave() == 15
+    # Two good probes 5 s apart, plus one period for where the first falls: back in the pool within 15 s.
+    assert api_frontend.seconds_to_join() == 15
+    assert f"hold={api_frontend.seconds_to_join()}\n" in render_in_service_script("controller-0")
+    # The local cloud's load balancer plays GCE's check with the same numbers.
+    from tests.localcloud import plane
+
+    assert plane.CHECK_DEFAULTS == {
+        "checkIntervalSec": api_frontend.CHECK_INTERVAL_SECONDS,
+        "timeoutSec": api_frontend.CHECK_TIMEOUT_SECONDS,
+        "healthyThreshold": api_frontend.HEALTHY_THRESHOLD,
+        "unhealthyThreshold": api_frontend.UNHEALTHY_THRESHOLD,
+    }
 
 
 # --- the site in a real nginx, relaying to a TLS upstream -----------------------------------------
@@ -143,6 +177,7 @@ def _pem(obj: x509.Certificate | ec.EllipticCurvePrivateKey) -> bytes:
 class _Upstream:
     port: int
     server: http.server.ThreadingHTTPServer
+    state: dict[str, bool]
 
 
 @pytest.fixture
@@ -165,12 +200,20 @@ def pki(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def upstream(pki: dict[str, Path]) -> Iterator[_Upstream]:
-    """A stand-in for kube-apiserver: TLS on loopback, /healthz answers `ok`."""
+    """A stand-in for kube-apiserver: TLS on loopback, /readyz answers `ok` unless it is shutting down."""
+    state = {"shutting_down": False}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b"ok" if self.path == "/healthz" else b"not found"
-            self.send_response(200 if self.path == "/healthz" else 404)
+            if self.path == "/readyz" and state["shutting_down"]:
+                self.send_response(500)
+                body = b"[-]shutdown failed: reason withheld\nreadyz check failed"
+            elif self.path in ("/readyz", "/healthz"):
+                self.send_response(200)
+                body = b"ok"
+            else:
+                self.send_response(404)
+                body = b"not found"
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -184,7 +227,7 @@ def upstream(pki: dict[str, Path]) -> Iterator[_Upstream]:
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield _Upstream(server.server_address[1], server)
+    yield _Upstream(server.server_address[1], server, state)
     server.shutdown()
 
 
@@ -245,6 +288,50 @@ def test_nginx_relays_the_health_check_to_a_verified_api(
         assert _get(port, "kubernetes.default.svc.cluster.local") == (200, "ok")
         # Only /healthz goes through: the proxy is no back door to the API.
         assert _get(port, "kubernetes.default.svc.cluster.local", "/api")[0] == 404
+        assert _get(port, "kubernetes.default.svc.cluster.local", "/readyz")[0] == 404
+
+
+def test_the_check_fails_while_the_api_server_shuts_down(
+    tmp_path: Path, pki: dict[str, Path], upstream: _Upstream
+) -> None:
+    """During --shutdown-delay-duration /healthz stays ok but /readyz fails: the pool must see the latter."""
+    site = render_healthz_site(upstream=f"https://127.0.0.1:{upstream.port}", ca_file=str(pki["ca"]))
+    for port in _run_nginx(tmp_path, site):
+        upstream.state["shutting_down"] = True
+        assert _get(port, "kubernetes.default.svc.cluster.local")[0] == 500
+        upstream.state["shutting_down"] = False
+        assert _get(port, "kubernetes.default.svc.cluster.local") == (200, "ok")
+
+
+def _in_service(tmp_path: Path, port: int, hold: int, timeout: int) -> tuple[subprocess.CompletedProcess[str], float]:
+    script = tmp_path / "in-service.sh"
+    script.write_text(
+        render_in_service_script(
+            "controller-1", url=f"http://127.0.0.1:{port}/healthz", hold_seconds=hold, timeout_seconds=timeout
+        )
+    )
+    start = time.monotonic()
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, check=False)
+    return result, time.monotonic() - start
+
+
+def test_in_service_waits_for_the_check_to_hold(tmp_path: Path, pki: dict[str, Path], upstream: _Upstream) -> None:
+    site = render_healthz_site(upstream=f"https://127.0.0.1:{upstream.port}", ca_file=str(pki["ca"]))
+    for port in _run_nginx(tmp_path, site):
+        result, took = _in_service(tmp_path, port, hold=3, timeout=20)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "kthw: controller-1: in service: the health check answered ok for 3s in a row\n"
+        assert took >= 3
+
+
+def test_in_service_fails_while_the_check_fails(tmp_path: Path, pki: dict[str, Path], upstream: _Upstream) -> None:
+    site = render_healthz_site(upstream=f"https://127.0.0.1:{upstream.port}", ca_file=str(pki["ca"]))
+    upstream.state["shutting_down"] = True
+    for port in _run_nginx(tmp_path, site):
+        result, took = _in_service(tmp_path, port, hold=1, timeout=3)
+        assert result.returncode == 1
+        assert "did not answer ok for 1s in a row within 3s (last answer: 500)" in result.stderr
+        assert took < 15
 
 
 def test_nginx_refuses_an_api_signed_by_another_ca(tmp_path: Path, pki: dict[str, Path], upstream: _Upstream) -> None:
@@ -259,9 +346,6 @@ def test_nginx_refuses_an_api_signed_by_another_ca(tmp_path: Path, pki: dict[str
 
 def build_frontend(cfg: ClusterConfig) -> None:
     hosts, instances = zip(*(fake_host(c.name) for c in cfg.controllers), strict=True)
-    healthy = command_remote.Command(
-        "control-plane-healthy", connection=command_remote.ConnectionArgs(host=ADDRESS), create="true"
-    )
     ApiFrontend(
         "api",
         ApiFrontendArgs(
@@ -270,7 +354,7 @@ def build_frontend(cfg: ClusterConfig) -> None:
             address=ADDRESS,
             controllers=list(hosts),
             instances=list(instances),
-            control_plane_healthy=[healthy],
+            ca_cert="CA-CERT",
         ),
     )
 
@@ -283,6 +367,14 @@ def frontend(request: pytest.FixtureRequest) -> Recording:
 
 def test_health_check_is_kthws(frontend: Recording) -> None:
     (hc,) = frontend.of_type("gcp:compute/httpHealthCheck:HttpHealthCheck")
+    # GCE's defaults, which the shutdown delay and the in-service wait are computed from.
+    for key, value in (
+        ("checkIntervalSec", api_frontend.CHECK_INTERVAL_SECONDS),
+        ("timeoutSec", api_frontend.CHECK_TIMEOUT_SECONDS),
+        ("healthyThreshold", api_frontend.HEALTHY_THRESHOLD),
+        ("unhealthyThreshold", api_frontend.UNHEALTHY_THRESHOLD),
+    ):
+        assert hc.inputs.get(key) in (None, value), key
     assert hc.inputs["name"] == "kubernetes"
     assert hc.inputs["host"] == "kubernetes.default.svc.cluster.local"
     assert hc.inputs["requestPath"] == "/healthz"
@@ -329,14 +421,17 @@ def test_forwarding_rule_sends_6443_on_the_address_to_the_pool(frontend: Recordi
     assert rule.options["delete_before_replace"]
 
 
-def test_each_controller_gets_nginx_then_the_proxy_after_the_control_plane(frontend: Recording) -> None:
+def test_each_controller_gets_nginx_then_the_proxy(frontend: Recording) -> None:
     for i in range(3):
         node = f"controller-{i}"
         install = frontend.by_name(f"api-{node}-nginx")
         assert f"{node}-gate" in install.depends_on
         assert install.inputs["create"] == remote.capped(install_nginx_script(node))
         proxy = frontend.by_name(f"api-{node}-healthz-proxy")
-        assert {f"{node}-gate", f"api-{node}-nginx", "control-plane-healthy"} <= proxy.depends_on
+        # Nothing but nginx: the CA travels with the site, so no control plane step comes first.
+        assert proxy.depends_on == {f"{node}-gate", f"api-{node}-nginx"}
+        assert set(bundle(proxy)) == {HEALTHZ_SITE_PATH, API_CA_FILE}
+        assert bundle(proxy)[API_CA_FILE][0] == "CA-CERT"
         assert HEALTHZ_SITE_PATH in proxy.inputs["create"]
         assert 'step="healthz-proxy"' in proxy.inputs["create"]
         assert "units=(nginx)" in proxy.inputs["create"]

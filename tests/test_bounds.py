@@ -382,6 +382,8 @@ def test_a_worker_whose_kubectl_never_returns_fails_the_ready_step(tmp_path: Pat
             "systemctl": "exit 0",
             "journalctl": "true",
             "kubectl": f"exec {SLEEP} 600",
+            # The kubelet itself is healthy; only the API does not answer.
+            "curl": "printf ok",
             # The script's own pauses return at once: the bound under test is the deadline.
             "sleep": "true",
         },

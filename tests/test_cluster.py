@@ -12,10 +12,10 @@ SMOKE_STEPS = ("kthw-smoke-test-cluster", "kthw-smoke-test-public")
 
 @pytest.mark.parametrize("step", SMOKE_STEPS)
 def test_the_smoke_test_waits_for_every_worker_ready_step(ha: Recording, step: str) -> None:
-    """Directly, not only through CoreDNS: each worker's ready step is one of the smoke test's dependencies."""
+    """Directly, not only through CoreDNS: each worker's ready and uncordon steps are the smoke test's dependencies."""
     smoke = ha.by_name(step)
-    ready = {f"kthw-worker-{i}-bootstrap-ready" for i in range(3)}
-    assert {r.name for r in ha.resources if r.name.endswith("-bootstrap-ready")} == ready
+    ready = {f"kthw-worker-{i}-bootstrap-{s}" for i in range(3) for s in ("ready", "uncordon")}
+    assert {r.name for r in ha.resources if r.name.endswith(("-bootstrap-ready", "-bootstrap-uncordon"))} == ready
     assert ready <= smoke.depends_on, sorted(smoke.depends_on)
 
 

@@ -20,8 +20,10 @@ from components import control_plane as cp
 from components import etcd, remote
 from components.config import ClusterConfig
 from components.kubeconfig import encryption_config_output
+from components.machine import Rejoin
 from components.pki import Pki, PkiArgs
 from platforms import gcp
+from platforms.gcp.api_frontend import render_in_service_script, seconds_to_leave
 from platforms.gcp.node import ETCD_DEVICE
 from tests.harness import Recording, bundle, run_components
 from tests.tools import directives, shellcheck, verify_unit
@@ -76,7 +78,7 @@ def flag_dict(unit: str) -> tuple[str, dict[str, str | None]]:
 
 @pytest.mark.parametrize("spec", CONTROLLERS, ids=lambda s: s.name)
 def test_api_server_unit(spec: config_module.NodeSpec) -> None:
-    unit = cp.render_api_server_unit(CONFIG, spec, PUBLIC)
+    unit = cp.render_api_server_unit(CONFIG, spec, PUBLIC, seconds_to_leave())
     assert unit.startswith("# kthw: kube-apiserver 1.36.4\n")
     binary, flags = flag_dict(unit)
     assert binary == "/usr/local/bin/kube-apiserver"
@@ -105,6 +107,7 @@ def test_api_server_unit(spec: config_module.NodeSpec) -> None:
         "kubelet-certificate-authority": f"{k8s}/ca.pem",
         "kubelet-client-certificate": f"{k8s}/kubernetes.pem",
         "kubelet-client-key": f"{k8s}/kubernetes-key.pem",
+        "kubelet-preferred-address-types": "InternalIP,ExternalIP,Hostname",
         "proxy-client-cert-file": f"{k8s}/front-proxy-client.pem",
         "proxy-client-key-file": f"{k8s}/front-proxy-client-key.pem",
         "requestheader-allowed-names": "front-proxy-client",
@@ -117,12 +120,29 @@ def test_api_server_unit(spec: config_module.NodeSpec) -> None:
         "service-account-issuer": "https://203.0.113.7:6443",
         "service-cluster-ip-range": "10.32.0.0/24",
         "service-node-port-range": "30000-32767",
+        # Stopping: serve on while the pool drops it (its check relays /readyz), then no 60 s wait for watches.
+        "shutdown-delay-duration": "20s",
+        "shutdown-send-retry-after": "true",
         "tls-cert-file": f"{k8s}/kubernetes.pem",
         "tls-private-key-file": f"{k8s}/kubernetes-key.pem",
         "v": "2",
     }
     d = directives(unit)
     assert d["Restart"] == ["on-failure"] and d["WantedBy"] == ["multi-user.target"]
+
+
+def test_a_stopping_api_server_serves_until_the_pool_has_dropped_it() -> None:
+    delay = cp.shutdown_delay_seconds(CONFIG, seconds_to_leave())
+    assert delay > seconds_to_leave()
+    # Nothing balancing the API servers (machines, local): nothing to wait for.
+    assert cp.shutdown_delay_seconds(CONFIG, 0) == 0
+    # systemd's default TimeoutStopSec (90 s) must cover the delay and the drain that follows (2 s with
+    # --shutdown-send-retry-after), or systemd would kill it mid-shutdown.
+    assert delay + 2 < 90
+    # One controller: no other backend takes its requests, so the delay would only lengthen the outage.
+    single = config_module.load({"controllerCount": 1, "workerCount": 1}, GCP)
+    _, flags = flag_dict(cp.render_api_server_unit(single, single.controllers[0], PUBLIC, seconds_to_leave()))
+    assert flags["shutdown-delay-duration"] == "0s" and flags["shutdown-send-retry-after"] == "true"
 
 
 def test_api_server_unit_refuses_a_worker_and_an_empty_address() -> None:
@@ -302,18 +322,33 @@ def build(cfg: ClusterConfig = CONFIG) -> Recording:
                 )
             )
         encryption = encryption_config_output(pki.encryption_key)
+        # As the cluster wires them: each control plane (re)starts after the previous one is back in the pool.
+        planes: list[cp.ControlPlaneNode] = []
+        proxies = {
+            spec.name: command_remote.Command(
+                f"{spec.name}-healthz-proxy", connection=hosts[spec.name].connection, create="true"
+            )
+            for spec in cfg.controllers
+        }
+        rejoin = Rejoin(
+            proxies=proxies, in_service_script=render_in_service_script, seconds_to_leave=seconds_to_leave()
+        )
         for spec in cfg.controllers:
-            cp.ControlPlaneNode(
-                f"{spec.name}-cp",
-                cp.ControlPlaneArgs(
-                    config=cfg,
-                    spec=spec,
-                    host=hosts[spec.name],
-                    public_address=pulumi.Output.from_input(PUBLIC),
-                    pki=pki,
-                    encryption_config=encryption,
-                    etcd_members=[members[spec.index].started],
-                ),
+            planes.append(
+                cp.ControlPlaneNode(
+                    f"{spec.name}-cp",
+                    cp.ControlPlaneArgs(
+                        config=cfg,
+                        spec=spec,
+                        host=hosts[spec.name],
+                        public_address=pulumi.Output.from_input(PUBLIC),
+                        pki=pki,
+                        encryption_config=encryption,
+                        etcd_members=[members[spec.index].started],
+                        after=[p.in_service for p in planes[-1:]],
+                        rejoin=rejoin,
+                    ),
+                )
             )
 
     return run_components(program)
@@ -324,7 +359,9 @@ def wired() -> Recording:
     return build()
 
 
-CP_STEPS = ("binaries", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "healthy")
+CP_STEPS = ("binaries", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "healthy", "in-service")
+# The steps that restart a service.
+CP_RESTARTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 
 
 def test_components_register_their_steps(wired: Recording) -> None:
@@ -365,9 +402,17 @@ def test_dependency_wiring(wired: Recording, spec: config_module.NodeSpec) -> No
     assert {f"{n}-cp-kube-apiserver", f"{n}-cp-kube-controller-manager", f"{n}-cp-kube-scheduler"} <= wired.by_name(
         f"{n}-cp-healthy"
     ).depends_on
-    # A controller's control plane waits on no other controller's control plane.
-    others = {f"{c.name}-cp" for c in CONTROLLERS if c.name != n}
-    assert not {a.rsplit("-", 1)[0] for a in wired.ancestors(f"{n}-cp-healthy")} & others
+    # Back in the load balancer's pool: after its health and its own health-check proxy.
+    assert {f"{n}-cp-healthy", f"{n}-healthz-proxy"} <= wired.by_name(f"{n}-cp-in-service").depends_on
+    # One controller's control plane at a time: each restart waits for the previous controller's
+    # control plane to be back in the pool, and for no later controller's.
+    for step in CP_RESTARTS:
+        deps = wired.by_name(f"{n}-cp-{step}").depends_on
+        assert ({f"controller-{spec.index - 1}-cp-in-service"} if spec.index else set()) <= deps
+        later = tuple(f"{c.name}-cp-" for c in CONTROLLERS if c.index > spec.index)
+        assert not [a for a in wired.ancestors(f"{n}-cp-{step}") if a.startswith(later)]
+    if spec.index:
+        assert f"controller-{spec.index - 1}-cp-in-service" in wired.ancestors(f"{n}-cp-healthy")
 
 
 @pytest.mark.parametrize("spec", CONTROLLERS, ids=lambda s: s.name)
@@ -423,7 +468,7 @@ def test_control_plane_deploys(wired: Recording, spec: config_module.NodeSpec) -
     proxy_client.verify_directly_issued_by(proxy_ca)
     assert proxy_client.subject.rfc4514_string().startswith("CN=front-proxy-client")
     assert "PRIVATE KEY" in files[f"{k8s}/front-proxy-client-key.pem"][0]
-    assert files["/etc/systemd/system/kube-apiserver.service"][0] == cp.render_api_server_unit(CONFIG, spec, PUBLIC)
+    assert files["/etc/systemd/system/kube-apiserver.service"][0] == cp.render_api_server_unit(CONFIG, spec, PUBLIC, seconds_to_leave())
     encryption = yaml.safe_load(files[f"{k8s}/encryption-config.yaml"][0])
     assert encryption["kind"] == "EncryptionConfiguration"
     admin = yaml.safe_load(files[f"{k8s}/admin.kubeconfig"][0])
@@ -592,7 +637,7 @@ def test_audit_off_deploys_no_policy_and_on_restarts_only_the_api_server() -> No
         assert f"{k8s}/front-proxy-client-key.pem" in bundle(off.by_name(f"{spec.name}-cp-kube-apiserver"))
     # The policy travels in the API server's bundle: the other services' steps are the same either way.
     changed = {r.name for r in on.resources if r.inputs != off.by_name(r.name).inputs}
-    steps = ("kube-apiserver", "kube-apiserver-ready", "healthy")
+    steps = ("kube-apiserver", "kube-apiserver-ready", "healthy", "in-service")
     assert changed == {f"{s.name}-cp-{step}" for s in CONTROLLERS for step in steps}
 
 

@@ -57,8 +57,16 @@ def test_the_address_is_what_names_the_node_everywhere() -> None:
     assert rule.inputs["sourceRanges"] == [f"{worker}/32"]
     csr = rec.by_name("kthw-pki-worker-1-csr")
     assert worker in csr.inputs["ipAddresses"]
-    steps = [r for r in rec.of_type("command:remote:Command") if r.name.startswith("kthw-worker-1-")]
+    # Every step but the drain and uncordon, which run on controller-0 as the admin.
+    on_admin = ("kthw-worker-1-bootstrap-drain", "kthw-worker-1-bootstrap-uncordon")
+    steps = [
+        r
+        for r in rec.of_type("command:remote:Command")
+        if r.name.startswith("kthw-worker-1-") and r.name not in on_admin
+    ]
     assert steps and {r.inputs["connection"]["host"] for r in steps} == {worker}
+    controller = rec.outputs["controllers"]["controller-0"]["external_ip"]
+    assert {rec.by_name(n).inputs["connection"]["host"] for n in on_admin} == {controller}
 
 
 def test_another_cluster_name_prefixes_the_addresses() -> None:

@@ -39,8 +39,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from components import artifacts, etcd, versions
+from components import artifacts, config, etcd, versions, worker
 from components.addons import ENCRYPTION_PREFIX
+from components.config import NodeSpec
 from tests import harness, netns, upstream
 from tests.netns import Lab, Process, require_ip
 from tests.tools import directives
@@ -692,3 +693,208 @@ def test_metrics_server_manifests_are_accepted_server_side(plane: Plane) -> None
     )
     assert result.returncode == 0, _text(result) + plane.dead()
     assert "apiservice.apiregistration.k8s.io/v1beta1.metrics.k8s.io serverside-applied" in result.stdout.decode()
+
+
+# --- rolling changes: a worker's drain and uncordon steps against the real API server --------------
+
+# Workers of a larger stack, whose Nodes only these tests create (no kubelet runs for them).
+ROLLING = config.load(
+    {"controllerCount": "3", "workerCount": "6"},
+    {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"},
+)
+FIRST, SECOND, NEVER = ROLLING.workers[3], ROLLING.workers[4], ROLLING.workers[5]
+
+
+def rollout(
+    plane: Plane, spec: NodeSpec, action: str, fingerprint: str, *, turn: int = 600, drain: int = 20
+) -> subprocess.CompletedProcess[str]:
+    """The rendered drain or uncordon step, run on controller-0 as the step does, with short bounds."""
+    kubectl = f"{plane.k8s_bin}/kubectl --kubeconfig {plane.admin()} --cache-dir={plane.work}/kube-cache"
+    script = worker.render_rollout_script(
+        ROLLING, spec, action, fingerprint, kubectl=kubectl, drain_seconds=drain, turn_seconds=turn, kubectl_timeout=10
+    )
+    result = plane.lab.run("controller-0", ["env", "-i", *_env(), "bash", "-c", script], timeout=turn + drain + 120)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+def node_state(plane: Plane, name: str) -> tuple[str, str, str]:
+    """(spec.unschedulable, the applied annotation, the cordoned annotation) of a Node."""
+    out = plane.kubectl(
+        "controller-0",
+        plane.admin(),
+        "get",
+        "node",
+        name,
+        "-o",
+        "jsonpath={.spec.unschedulable}|{.metadata.annotations.kthw/applied}|{.metadata.annotations.kthw/cordoned}",
+    )
+    assert out.returncode == 0, _text(out)
+    unschedulable, applied, cordoned = out.stdout.decode().split("|")
+    return unschedulable, applied, cordoned
+
+
+def slot_holders(plane: Plane) -> dict[str, str]:
+    out = plane.kubectl(
+        "controller-0",
+        plane.admin(),
+        "-n",
+        worker.SLOT_NAMESPACE,
+        "get",
+        "leases",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.holderIdentity} {end}",
+    )
+    assert out.returncode == 0, _text(out)
+    pairs = (item.split("=", 1) for item in out.stdout.decode().split())
+    return {name: holder for name, holder in pairs if name.startswith(worker.SLOT_PREFIX)}
+
+
+@pytest.fixture(scope="module")
+def rolling_nodes(plane: Plane) -> list[str]:
+    names = [FIRST.name, SECOND.name]
+    for name in names:
+        made = plane.kubectl("controller-0", plane.admin(), "create", "-f", "-", stdin=_node(name))
+        assert made.returncode == 0, _text(made)
+    return names
+
+
+def test_a_worker_that_is_not_registered_yet_is_not_drained(plane: Plane) -> None:
+    result = rollout(plane, NEVER, "drain", "a" * 64)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"kthw: {NEVER.name}: drain: not registered yet (a new worker): nothing to drain\n"
+    assert slot_holders(plane).get(f"{worker.SLOT_PREFIX}0", "") == ""
+
+
+def test_workers_take_turns_and_a_finished_one_is_left_alone(plane: Plane, rolling_nodes: list[str]) -> None:
+    first = rollout(plane, FIRST, "drain", "a" * 64)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f"kthw: {FIRST.name}: drain: cordoned and drained (upgrade slot {worker.SLOT_PREFIX}0)\n"
+    assert node_state(plane, FIRST.name) == ("true", "", "true")
+    assert slot_holders(plane) == {f"{worker.SLOT_PREFIX}0": FIRST.name}
+    # Re-entrant: the same worker's drain again (a retried `pulumi up`) keeps its slot.
+    assert rollout(plane, FIRST, "drain", "a" * 64).returncode == 0
+    # One slot: the second worker waits, and gives up when nothing moves for a whole turn.
+    began = time.monotonic()
+    second = rollout(plane, SECOND, "drain", "a" * 64, turn=6)
+    assert second.returncode == 1
+    assert 6 <= time.monotonic() - began < 60
+    assert f"no upgrade slot came free within 6s: held by {FIRST.name} ({worker.SLOT_PREFIX}0, since " in second.stderr
+    assert node_state(plane, SECOND.name) == ("", "", "")
+    # The first one's turn ends: schedulable again, its configuration recorded, the slot free.
+    done = rollout(plane, FIRST, "uncordon", "a" * 64)
+    assert done.returncode == 0, done.stderr
+    assert node_state(plane, FIRST.name) == ("", "a" * 64, "")
+    assert slot_holders(plane) == {f"{worker.SLOT_PREFIX}0": ""}
+    # Now the second one gets the slot.
+    second = rollout(plane, SECOND, "drain", "a" * 64)
+    assert second.returncode == 0, second.stderr
+    assert slot_holders(plane) == {f"{worker.SLOT_PREFIX}0": SECOND.name}
+    assert rollout(plane, SECOND, "uncordon", "a" * 64).returncode == 0
+    # A worker that already runs this configuration (its drain re-run for nothing) is not drained again.
+    again = rollout(plane, FIRST, "drain", "a" * 64)
+    assert again.stdout == f"kthw: {FIRST.name}: drain: already runs this configuration: nothing to drain\n"
+    assert node_state(plane, FIRST.name) == ("", "a" * 64, "")
+
+
+def test_a_drain_blocked_by_a_budget_fails_naming_the_pod_and_keeps_the_node_out(
+    plane: Plane, rolling_nodes: list[str]
+) -> None:
+    name = FIRST.name
+    labels = {"app": "kthw-blocker"}
+    objects = json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [
+                {
+                    "apiVersion": "policy/v1",
+                    "kind": "PodDisruptionBudget",
+                    "metadata": {"name": "kthw-blocker", "namespace": "default"},
+                    "spec": {"minAvailable": 1, "selector": {"matchLabels": labels}},
+                },
+                {
+                    # One replica bound to the node (a bare pod would make drain refuse at once).
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "metadata": {"name": "kthw-blocker", "namespace": "default"},
+                    "spec": {
+                        "replicas": 1,
+                        "selector": {"matchLabels": labels},
+                        "template": {
+                            "metadata": {"labels": labels},
+                            "spec": {"nodeName": name, "containers": [{"name": "c", "image": "pause"}]},
+                        },
+                    },
+                },
+            ],
+        }
+    )
+    made = plane.kubectl("controller-0", plane.admin(), "create", "-f", "-", stdin=objects)
+    assert made.returncode == 0, _text(made)
+
+    def get(*args: str) -> str:
+        return plane.kubectl("controller-0", plane.admin(), "get", *args).stdout.decode()
+
+    try:
+        deadline = time.monotonic() + 60
+        pod = ""
+        while not pod:
+            assert time.monotonic() < deadline, "the ReplicaSet made no pod"
+            time.sleep(0.5)
+            pod = get("pods", "-l", "app=kthw-blocker", "-o", "jsonpath={.items[0].metadata.name}")
+        # No kubelet runs there: report the pod running and ready as one would, so the budget (one
+        # of one must stay available) allows no eviction.
+        status = {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+        patch = ["patch", "pod", pod, "--subresource=status", "--type=merge", "-p", json.dumps(status)]
+        patched = plane.kubectl("controller-0", plane.admin(), *patch)
+        assert patched.returncode == 0, _text(patched)
+        budget = ""
+        while budget != "1/0":
+            assert time.monotonic() < deadline, f"the budget never counted the pod: {budget}"
+            time.sleep(0.5)
+            budget = get("pdb", "kthw-blocker", "-o", "jsonpath={.status.currentHealthy}/{.status.disruptionsAllowed}")
+
+        result = rollout(plane, FIRST, "drain", "b" * 64, drain=8)
+        assert result.returncode == 1
+        assert f"kthw: {name}: drain: could not drain {name} within 8s; it stays cordoned" in result.stderr
+        assert f"Pods still on it: default/{pod}[Running]" in result.stderr
+        assert "PodDisruptionBudgets allowing no disruption: default/kthw-blocker" in result.stderr
+        assert node_state(plane, name) == ("true", "a" * 64, "true")
+        assert slot_holders(plane) == {f"{worker.SLOT_PREFIX}0": name}
+    finally:
+        plane.kubectl("controller-0", plane.admin(), "delete", "-f", "-", "--wait=false", stdin=objects)
+        plane.kubectl(
+            "controller-0", plane.admin(), "delete", "pods", "-l", "app=kthw-blocker", "--grace-period=0", "--force"
+        )
+    # Once the pod is gone, the retried step finishes the turn.
+    retried = rollout(plane, FIRST, "drain", "b" * 64)
+    assert retried.returncode == 0, retried.stderr
+    assert rollout(plane, FIRST, "uncordon", "b" * 64).returncode == 0
+    assert node_state(plane, name) == ("", "b" * 64, "")
+
+
+def test_an_admins_cordon_outlives_the_turn(plane: Plane, rolling_nodes: list[str]) -> None:
+    name = SECOND.name
+    assert plane.kubectl("controller-0", plane.admin(), "cordon", name).returncode == 0
+    try:
+        assert rollout(plane, SECOND, "drain", "c" * 64).returncode == 0
+        assert node_state(plane, name) == ("true", "a" * 64, "")
+        done = rollout(plane, SECOND, "uncordon", "c" * 64)
+        assert done.returncode == 0, done.stderr
+        assert "left cordoned: someone else cordoned it" in done.stdout
+        assert node_state(plane, name) == ("true", "c" * 64, "")
+    finally:
+        plane.kubectl("controller-0", plane.admin(), "uncordon", name)
+
+
+def test_the_slot_of_a_holder_that_is_gone_is_taken_over_after_it_expires(
+    plane: Plane, rolling_nodes: list[str]
+) -> None:
+    assert rollout(plane, FIRST, "drain", "d" * 64, turn=4).returncode == 0
+    # Its worker is removed from the cluster mid-turn: the slot stays held until the lease expires.
+    assert plane.kubectl("controller-0", plane.admin(), "delete", "node", FIRST.name).returncode == 0
+    time.sleep(5)
+    taken = rollout(plane, SECOND, "drain", "d" * 64, turn=4)
+    assert taken.returncode == 0, taken.stderr
+    assert slot_holders(plane) == {f"{worker.SLOT_PREFIX}0": SECOND.name}
+    assert rollout(plane, SECOND, "uncordon", "d" * 64).returncode == 0

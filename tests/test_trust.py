@@ -249,7 +249,7 @@ def test_turning_on_audit_and_metrics_server_replaces_no_vm(ha: Recording) -> No
         *(
             f"kthw-controller-{i}-control-plane-{step}"
             for i in range(3)
-            for step in ("kube-apiserver", "kube-apiserver-ready", "healthy")
+            for step in ("kube-apiserver", "kube-apiserver-ready", "healthy", "in-service")
         ),
         "kthw-smoke-test-cluster",
         "kthw-smoke-test-public",

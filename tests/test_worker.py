@@ -21,8 +21,8 @@ import pytest
 import yaml
 from pulumi_command import remote as command_remote
 
+from components import bounds, remote, versions, worker
 from components import config as config_module
-from components import remote, versions, worker
 from components.config import ClusterConfig, NodeSpec
 from components.pki import CertPair
 from tests import upstream
@@ -357,6 +357,8 @@ def test_kubelet_unit() -> None:
     assert flags == {
         "config": "/var/lib/kubelet/kubelet-config.yaml",
         "hostname-override": "worker-1",
+        # The address on the node network, which its serving certificate names.
+        "node-ip": WORKERS[1].internal_ip,
         "kubeconfig": "/var/lib/kubelet/kubeconfig",
         "v": "2",
     }
@@ -406,6 +408,8 @@ def scripts() -> dict[str, str]:
     for spec in WORKERS:
         rendered[f"prepare-{spec.name}"] = worker.render_prepare_script(spec)
         rendered[f"ready-{spec.name}"] = worker.render_ready_script(spec)
+        for action in ("drain", "uncordon"):
+            rendered[f"{action}-{spec.name}"] = worker.render_rollout_script(CONFIG, spec, action, "f" * 64)
     return rendered
 
 
@@ -452,9 +456,14 @@ def cni_plugins(tmp_path: Path, names: tuple[str, ...] = worker.CNI_REQUIRED_BIN
 
 
 def _run_ready(
-    tmp_path: Path, *, active: str, ready: str, plugins: tuple[str, ...] = worker.CNI_REQUIRED_BINARIES
+    tmp_path: Path,
+    *,
+    active: str,
+    ready: str,
+    plugins: tuple[str, ...] = worker.CNI_REQUIRED_BINARIES,
+    healthz: str = "ok",
 ) -> subprocess.CompletedProcess[str]:
-    """ready.sh (with a zero wait) against stub sudo, systemctl, journalctl and kubectl."""
+    """ready.sh (with a zero wait) against stub sudo, systemctl, journalctl, curl and kubectl."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     programs = {
@@ -463,6 +472,8 @@ def _run_ready(
         "systemctl": f'if [ "$1" = is-active ]; then exit {active}; fi\necho "status of $*"',
         "journalctl": 'echo "journal of $*"',
         "kubectl": f'printf %s "{ready}"',
+        # The kubelet's /healthz: the only URL the script asks.
+        "curl": f'[ "${{@: -1}}" = "{worker.KUBELET_HEALTHZ}" ] || exit 7\nprintf %s "{healthz}"',
     }
     for name, body in programs.items():
         (stubs / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
@@ -482,7 +493,16 @@ def _run_ready(
 def test_ready_script_passes_when_the_node_is_ready(tmp_path: Path) -> None:
     result = _run_ready(tmp_path, active="0", ready="True")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "kthw: worker-0: worker start: containerd kubelet active; node Ready\n"
+    assert result.stdout == "kthw: worker-0: worker start: containerd kubelet active; kubelet healthy; node Ready\n"
+
+
+def test_ready_script_waits_for_the_kubelets_own_health(tmp_path: Path) -> None:
+    """The Node may still read Ready from the previous kubelet: the new one must answer its /healthz."""
+    result = _run_ready(tmp_path, active="0", ready="True", healthz="[-]syncloop failed")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"kthw: worker-0: worker start: the kubelet's {worker.KUBELET_HEALTHZ} is not ok after 0s: [-]syncloop failed"
+    )
 
 
 def test_ready_script_names_the_inactive_unit(tmp_path: Path) -> None:
@@ -536,6 +556,9 @@ def _build(cfg: ClusterConfig) -> Recording:
             connection=command_remote.ConnectionArgs(host="198.51.100.100", user="kthw"),
             create="true",
         )
+        admin_connection = command_remote.ConnectionArgs(host="198.51.100.10", user="kthw")
+        admin_gate = command_remote.Command("controller-0-gate", connection=admin_connection, create="true")
+        admin = remote.Host("controller-0", admin_connection, admin_gate)
         for spec in cfg.workers:
             connection = command_remote.ConnectionArgs(host=f"198.51.100.{spec.index}", user="kthw")
             gate = command_remote.Command(f"{spec.name}-gate", connection=connection, create="true")
@@ -552,6 +575,7 @@ def _build(cfg: ClusterConfig) -> Recording:
                     ),
                     kube_proxy=CertPair(pulumi.Output.from_input("KP-CERT"), pulumi.Output.secret("KP-KEY")),
                     control_plane_ready=[control_plane],
+                    admin=admin,
                 ),
             )
 
@@ -563,7 +587,9 @@ def wired() -> Recording:
     return _build(CONFIG)
 
 
-STEPS = ("prepare", "binaries", "containerd", "kubelet", "kube-proxy", "ready")
+STEPS = ("prepare", "binaries", "drain", "containerd", "kubelet", "kube-proxy", "ready", "uncordon")
+# The steps that restart a service: every one waits for the drain.
+RESTARTING = ("containerd", "kubelet", "kube-proxy")
 
 
 def test_component_registers_its_steps(wired: Recording) -> None:
@@ -581,17 +607,25 @@ def test_dependency_wiring(wired: Recording, spec: NodeSpec) -> None:
     deps = {step: wired.by_name(f"{n}-{step}").depends_on for step in STEPS}
     assert {f"{n}-gate"} <= deps["prepare"]
     assert {f"{n}-gate", f"{n}-prepare"} <= deps["binaries"]
-    assert {f"{n}-binaries"} <= deps["containerd"]
-    assert {f"{n}-containerd", "control-plane-ready"} <= deps["kubelet"]
-    assert {f"{n}-binaries", "control-plane-ready"} <= deps["kube-proxy"]
+    # The drain runs on controller-0 (the admin's credentials), after the binaries and the control plane.
+    assert deps["drain"] == {"controller-0-gate", f"{n}-binaries", "control-plane-ready"}
+    assert {f"{n}-binaries", f"{n}-drain"} <= deps["containerd"]
+    assert {f"{n}-containerd", f"{n}-drain", "control-plane-ready"} <= deps["kubelet"]
+    assert {f"{n}-binaries", f"{n}-drain", "control-plane-ready"} <= deps["kube-proxy"]
     assert {f"{n}-kubelet", f"{n}-kube-proxy"} <= deps["ready"]
+    assert deps["uncordon"] == {"controller-0-gate", f"{n}-ready", f"{n}-drain"}
+    # Every restart happens between the drain and the uncordon.
+    for step in RESTARTING:
+        assert f"{n}-drain" in wired.ancestors(f"{n}-{step}")
+        assert f"{n}-{step}" in wired.ancestors(f"{n}-uncordon")
     # Prerequisites and downloads run while the control plane bootstraps.
-    for step in ("prepare", "binaries", "containerd"):
+    for step in ("prepare", "binaries"):
         assert "control-plane-ready" not in wired.ancestors(f"{n}-{step}")
-    # A worker never waits on another worker: everything upstream is its own or the control plane.
+    # A worker never waits on another worker in the graph: everything upstream is its own, the
+    # control plane, or controller-0's gate (where its drain and uncordon run).
     for step in STEPS:
         strangers = {a for a in wired.ancestors(f"{n}-{step}") if not a.startswith(f"{n}-")}
-        assert strangers <= {"control-plane-ready"}, strangers
+        assert strangers <= {"control-plane-ready", "controller-0-gate"}, strangers
 
 
 @pytest.mark.parametrize("spec", WORKERS, ids=lambda s: s.name)
@@ -654,6 +688,44 @@ def test_deployed_files(wired: Recording, spec: NodeSpec) -> None:
     assert "triggers" not in ready.secret_paths and re.fullmatch(r"[0-9a-f]{64}", trigger)
 
 
+def test_drain_and_uncordon_run_again_exactly_when_a_restart_is_coming(wired: Recording) -> None:
+    """Their script carries the fingerprint of the restarting steps' files: it changes when they do."""
+    newer = config_module.load(
+        {"controllerCount": 3, "workerCount": 3, "kubernetesVersion": "1.36.5"},
+        {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"},
+    )
+    bumped = _build(newer)
+    mirrors = config_module.load(
+        {"controllerCount": 3, "workerCount": 3, "binaryDigests": {"kubelet": "ab" * 32}},
+        {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"},
+    )
+    digests_only = _build(mirrors)
+    for step in ("drain", "uncordon"):
+        before = wired.by_name(f"worker-0-{step}")
+        (fingerprint,) = wired.by_name("worker-0-ready").inputs["triggers"]
+        assert f'fingerprint="{fingerprint}"' in before.inputs["create"]
+        # Readable in the engine's log: a digest, no key.
+        assert "create" not in before.secret_paths
+        assert bumped.by_name(f"worker-0-{step}").inputs["create"] != before.inputs["create"]
+        # New binaries alone restart nothing (the units do not change): no drain.
+        assert digests_only.by_name(f"worker-0-{step}").inputs["create"] == before.inputs["create"]
+
+
+def test_rollout_script_values() -> None:
+    script = worker.render_rollout_script(CONFIG, WORKERS[1], "drain", "f" * 64)
+    assert 'node="worker-1"' in script and 'action="drain"' in script
+    assert 'namespace="kube-system"' in script and 'prefix="kthw-worker-upgrade-"' in script
+    assert "slots=1\n" in script and f"drain_seconds={bounds.DRAIN_SECONDS}\n" in script
+    assert "sudo /usr/local/bin/kubectl --kubeconfig /var/lib/kubernetes/admin.kubeconfig" in script
+    wider = config_module.load(
+        {"controllerCount": 3, "workerCount": 3, "maxUnavailableWorkers": 2},
+        {"gcp:region": "us-west1", "gcp:zone": "us-west1-c", "gcp:project": "kthw-test"},
+    )
+    assert "slots=2\n" in worker.render_rollout_script(wider, WORKERS[1], "uncordon", "f" * 64)
+    with pytest.raises(ValueError, match="unknown rollout action"):
+        worker.render_rollout_script(CONFIG, WORKERS[1], "reboot", "f" * 64)
+
+
 def test_ready_check_reruns_when_a_worker_file_changes() -> None:
     newer = config_module.load(
         {"controllerCount": 3, "workerCount": 3, "kubernetesVersion": "1.36.5"},
@@ -673,11 +745,13 @@ def test_program_wiring(ha: Recording) -> None:
         for step in STEPS:
             ancestors = ha.ancestors(f"{prefix}-{step}")
             assert not [a for a in ancestors if any(o in a for o in others)], step
-        control_plane = {r.name for r in ha.resources if r.name.endswith("-control-plane-healthy")}
+        # Kubelets never newer than any API server: every restart waits for every control plane,
+        # back in the load balancer.
+        control_plane = {r.name for r in ha.resources if r.name.endswith("-control-plane-in-service")}
         assert len(control_plane) == len(CONFIG.controllers)
-        for step in ("prepare", "binaries", "containerd"):
+        for step in ("prepare", "binaries"):
             assert not ha.ancestors(f"{prefix}-{step}") & control_plane, step
-        for step in ("kubelet", "kube-proxy"):
+        for step in ("drain", *RESTARTING):
             assert control_plane <= ha.ancestors(f"{prefix}-{step}"), step
 
 

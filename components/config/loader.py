@@ -63,6 +63,9 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         "names": problems.check(cluster_name, cfg, plan.controllers, plan.pod_cidrs()),
         "binary_digests": sources.binary_digests(cfg, problems),
         "registry_mirrors": sources.registry_mirrors(cfg, problems),
+        "max_unavailable_workers": problems.check(
+            values.count, cfg, "maxUnavailableWorkers", 1, None, "workers drained at once"
+        ),
     }
     if problems.found:
         raise ConfigErrors(problems.found)

@@ -78,6 +78,8 @@ class ClusterConfig:
     binary_digests: tuple[tuple[str, str], ...] = ()
     # kthw:registryMirrors as (registry host, mirror URL) pairs, sorted.
     registry_mirrors: tuple[tuple[str, str], ...] = ()
+    # kthw:maxUnavailableWorkers: how many workers a rolling change drains and restarts at once.
+    max_unavailable_workers: int = 1
     # kthw:platform: gcp, machines or local.
     platform: str = "gcp"
     # With platform machines: node name -> how to reach it; and the API's address, if you run a load balancer.

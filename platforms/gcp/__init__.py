@@ -10,8 +10,8 @@ import pulumi_tls as tls
 from pulumi_gcp import compute
 
 from components.config import ClusterConfig, NodeSpec
-from components.machine import ApiEndpoint, FrontEnd, Machine
-from platforms.gcp.api_frontend import ApiFrontend, ApiFrontendArgs
+from components.machine import ApiEndpoint, FrontEnd, Machine, Rejoin
+from platforms.gcp.api_frontend import ApiFrontend, ApiFrontendArgs, render_in_service_script, seconds_to_leave
 from platforms.gcp.etcd_backup import EtcdBackupStore, EtcdBackupStoreArgs
 from platforms.gcp.network import Network, NetworkArgs
 from platforms.gcp.node import ETCD_DEVICE, Node, NodeArgs, offered_machine_type
@@ -90,7 +90,7 @@ class GcpPlatform:
             etcd_device=ETCD_DEVICE if spec.role == "controller" else None,
         )
 
-    def front_end(self, controllers: Sequence[Machine], control_planes_healthy: Sequence[pulumi.Resource]) -> FrontEnd:
+    def front_end(self, controllers: Sequence[Machine], ca_cert: pulumi.Input[str]) -> FrontEnd:
         frontend = ApiFrontend(
             f"{self._name}-api-frontend",
             ApiFrontendArgs(
@@ -99,7 +99,7 @@ class GcpPlatform:
                 address=self.network.public_address.address,
                 controllers=[c.host for c in controllers],
                 instances=[self.nodes[c.spec.name].instance for c in controllers],
-                control_plane_healthy=control_planes_healthy,
+                ca_cert=ca_cert,
                 worker_addresses={w.name: self.nodes[w.name].external_ip for w in self._config.workers},
             ),
             self._child,
@@ -107,6 +107,11 @@ class GcpPlatform:
         return FrontEnd(
             ready=frontend.ready,
             worker_access={worker: [rule] for worker, rule in frontend.worker_access.items()},
+            rejoin=Rejoin(
+                proxies=dict(zip((c.spec.name for c in controllers), frontend.proxies, strict=True)),
+                in_service_script=render_in_service_script,
+                seconds_to_leave=seconds_to_leave(),
+            ),
         )
 
     def network_ready(self) -> Sequence[pulumi.Resource]:

@@ -18,13 +18,40 @@ from components.render import render
 HEALTH_CHECK_HOST = "kubernetes.default.svc.cluster.local"
 HEALTH_CHECK_PATH = "/healthz"
 HEALTH_CHECK_PORT = 80
+# What nginx asks the API server when the check asks for /healthz: /readyz fails as soon as an API
+# server begins to shut down (--shutdown-delay-duration) while it still serves, and until a
+# starting one is ready, so the pool stops and starts sending it requests at the right moments.
+UPSTREAM_HEALTH_PATH = "/readyz"
+# GCE's defaults for a legacy HTTP health check, which the check below keeps: one probe every
+# interval, each given the timeout; a backend leaves the pool after UNHEALTHY_THRESHOLD failures in
+# a row and comes back after HEALTHY_THRESHOLD successes.
+CHECK_INTERVAL_SECONDS = 5
+CHECK_TIMEOUT_SECONDS = 5
+HEALTHY_THRESHOLD = 2
+UNHEALTHY_THRESHOLD = 2
 # Where Google's legacy health checkers come from (target pools use only these).
 HEALTH_CHECK_SOURCE_RANGES = ("209.85.152.0/22", "209.85.204.0/22", "35.191.0.0/16")
 # Only controllers serve the API, so only they open :80 to the checkers.
 CONTROLLER_TAG = "controller"
 # conf.d/*.conf is included by the stock nginx.conf of Debian and Ubuntu.
 HEALTHZ_SITE_PATH = "/etc/nginx/conf.d/kthw-healthz.conf"
-API_CA_FILE = "/var/lib/kubernetes/ca.pem"
+# The cluster CA nginx verifies the API server with: its own copy, so the proxy needs no control plane
+# step before it (and one controller's proxy, and so its health, never waits for another's).
+API_CA_FILE = "/etc/nginx/kthw-api-ca.pem"
+
+
+def seconds_to_leave() -> int:
+    """The longest a failing backend stays in the pool: the failed probes in a row, the last one timing out."""
+    return UNHEALTHY_THRESHOLD * CHECK_INTERVAL_SECONDS + CHECK_TIMEOUT_SECONDS
+
+
+def seconds_to_join() -> int:
+    """How long a backend must answer healthy before the pool surely sends it requests again.
+
+    The successes in a row, each one interval apart, plus one interval for where in its period the
+    first probe falls.
+    """
+    return HEALTHY_THRESHOLD * CHECK_INTERVAL_SECONDS + CHECK_INTERVAL_SECONDS
 
 
 def render_healthz_site(
@@ -34,13 +61,38 @@ def render_healthz_site(
     ca_file: str = API_CA_FILE,
     tls_name: str = "kubernetes",
 ) -> str:
-    """The nginx site relaying the health check's plain-HTTP /healthz to the local API server's TLS one.
+    """The nginx site relaying the health check's plain-HTTP /healthz to the local API server's TLS /readyz.
 
     `tls_name` is a DNS name on the API server's certificate (KTHW's `kubernetes`): nginx verifies
     the upstream against it because the proxy target is an IP address.
     """
     return render(
-        "api-frontend/healthz.conf", server_name=server_name, upstream=upstream, ca_file=ca_file, tls_name=tls_name
+        "api-frontend/healthz.conf",
+        server_name=server_name,
+        path=HEALTH_CHECK_PATH,
+        upstream=upstream,
+        upstream_path=UPSTREAM_HEALTH_PATH,
+        ca_file=ca_file,
+        tls_name=tls_name,
+    )
+
+
+def render_in_service_script(
+    node: str,
+    *,
+    url: str = f"http://127.0.0.1:{HEALTH_CHECK_PORT}{HEALTH_CHECK_PATH}",
+    hold_seconds: int | None = None,
+    timeout_seconds: int = bounds.IN_SERVICE_SECONDS,
+) -> str:
+    """in-service.sh: wait until the health check, asked as the load balancer asks it, has answered ok
+    long enough for the pool to send this controller requests again (keywords for tests)."""
+    return render(
+        "api-frontend/in-service.sh",
+        node=node,
+        url=url,
+        host=HEALTH_CHECK_HOST,
+        hold_seconds=seconds_to_join() if hold_seconds is None else hold_seconds,
+        timeout_seconds=timeout_seconds,
     )
 
 
@@ -68,7 +120,7 @@ class ApiFrontendArgs:
     address: pulumi.Input[str]  # the static external IP
     controllers: Sequence[remote.Host]
     instances: Sequence[compute.Instance]  # the controllers' VMs
-    control_plane_healthy: Sequence[pulumi.Resource]
+    ca_cert: pulumi.Input[str]  # the cluster CA, which nginx verifies the API server with
     worker_addresses: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)  # worker -> external IP
 
 
@@ -82,20 +134,22 @@ class ApiFrontend(pulumi.ComponentResource):
         named = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
 
         site = render_healthz_site()
+        # One per controller, in controller order: each controller's control plane waits on its own
+        # before the next controller restarts (ControlPlaneNode's in-service step).
         self.proxies: list[pulumi.Resource] = []
         for host in args.controllers:
             install = remote.run(f"{name}-{host.name}-nginx", host, install_nginx_script(host.name), parent=self)
-            # nginx loads the API CA when it starts, so the proxy waits for the control plane
-            # that put it there; the check is meaningless before the API server runs anyway.
+            # nginx loads the CA as it starts: the CA travels with the site. Until the API server
+            # answers, the check fails, which is what the pool should see.
             proxy = remote.deploy(
                 f"{name}-{host.name}-healthz-proxy",
                 host,
                 parent=self,
                 step="healthz-proxy",
-                files=[remote.RemoteFile(HEALTHZ_SITE_PATH, site)],
+                files=[remote.RemoteFile(HEALTHZ_SITE_PATH, site), remote.RemoteFile(API_CA_FILE, args.ca_cert)],
                 units=["nginx"],
-                secret=False,  # a plain config file: keep the step's output readable
-                depends_on=[install, *args.control_plane_healthy],
+                secret=False,  # a config file and a certificate: keep the step's output readable
+                depends_on=[install],
             )
             self.proxies.append(proxy)
 

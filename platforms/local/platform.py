@@ -75,7 +75,7 @@ class LocalPlatform:
         # A new VM (another image, a kept disk started again) runs every step on it again.
         return self._setup.attach(spec, conn, triggers=[vm.vm.id], depends_on=[vm.vm], fingerprint=vm.fingerprint)
 
-    def front_end(self, controllers: Sequence[Machine], control_planes_healthy: Sequence[pulumi.Resource]) -> FrontEnd:
+    def front_end(self, controllers: Sequence[Machine], ca_cert: pulumi.Input[str]) -> FrontEnd:
         return FrontEnd()
 
     def network_ready(self) -> Sequence[pulumi.Resource]:

@@ -146,7 +146,7 @@ class MachinesPlatform:
         target = self._config.ssh_targets[spec.name]
         return self._setup.attach(spec, connection(target, self.ssh_private_key), triggers=[target.host])
 
-    def front_end(self, controllers: Sequence[Machine], control_planes_healthy: Sequence[pulumi.Resource]) -> FrontEnd:
+    def front_end(self, controllers: Sequence[Machine], ca_cert: pulumi.Input[str]) -> FrontEnd:
         # The API's address is yours (a load balancer) or a controller's own: nothing to build.
         return FrontEnd()
 

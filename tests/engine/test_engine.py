@@ -134,7 +134,12 @@ def test_up_runs_every_nodes_steps_in_gate_order(engine: Engine) -> None:
         # The SSH gate runs first on every node; every other step on it waits for it.
         assert steps[0].endswith(f"{node}-ssh-ready"), steps
         assert len(steps) > 3, steps
-        assert all(node in s or "addons" in s or "smoke-test" in s or "api-frontend" in s for s in steps), steps
+        # controller-0 also drains and uncordons the workers (the admin's credentials live there).
+        rollout_steps = ("-bootstrap-drain", "-bootstrap-uncordon")
+        assert all(
+            node in s or "addons" in s or "smoke-test" in s or "api-frontend" in s or s.endswith(rollout_steps)
+            for s in steps
+        ), steps
     # The cloud holds what the program declared: one VM per node, a route per worker.
     cloud = engine.plugins.cloud()
     assert sorted(k for k in cloud if k.startswith("instance/")) == ["instance/controller-0", "instance/worker-0"]
@@ -264,8 +269,14 @@ def test_adding_a_worker_runs_only_its_steps_and_the_smoke_test(engine: Engine) 
     elsewhere = sorted(r["resource"] for r in ran if r["host"] != new_ip)
     assert on_new[0] == "kthw-worker-1-ssh-ready" and len(on_new) > 3, on_new
     assert all(name.startswith("kthw-worker-1-") for name in on_new), on_new
-    # The smoke test, replaced by its triggers, is all that runs on the existing nodes.
-    assert elsewhere == ["kthw-smoke-test-cluster", "kthw-smoke-test-public"], elsewhere
+    # The smoke test, replaced by its triggers, is all that runs on the existing nodes, with the new
+    # worker's drain and uncordon on controller-0 (they find a new worker: nothing to drain).
+    assert elsewhere == [
+        "kthw-smoke-test-cluster",
+        "kthw-smoke-test-public",
+        "kthw-worker-1-bootstrap-drain",
+        "kthw-worker-1-bootstrap-uncordon",
+    ], elsewhere
     assert sorted(k for k in engine.plugins.cloud() if k.startswith("instance/")) == [
         "instance/controller-0",
         "instance/worker-0",

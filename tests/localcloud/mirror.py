@@ -51,6 +51,8 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 # Each Kubernetes release the mirror can serve, and the upstream build that made its binaries.
 KUBERNETES_BUILDS = {versions.KUBERNETES: "kubernetes", build.PREVIOUS_KUBERNETES: "kubernetes-previous"}
+# Likewise for containerd (the workers-only bump of issue 18).
+CONTAINERD_BUILDS = {versions.CONTAINERD: "containerd", build.NEXT_CONTAINERD: "containerd-next"}
 # Speed over size: the mirror is read over a local bridge, and a cold build must stay well under a minute.
 GZIP_LEVEL = 1
 _REGION = {"gcp:region": "us-west1", "gcp:zone": "us-west1-c"}
@@ -64,19 +66,23 @@ class Mirror:
     root: Path
     digests: dict[str, str]
     kubernetes_version: str
+    containerd_version: str = versions.CONTAINERD
 
     def config(self, url: str) -> dict[str, object]:
-        """The stack config for a mirror served at `url`: kthw:binaryMirror, kthw:binaryDigests, the version."""
-        return {
+        """The stack config for a mirror served at `url`: kthw:binaryMirror, kthw:binaryDigests, the versions."""
+        found: dict[str, object] = {
             "binaryMirror": url,
             "binaryDigests": dict(self.digests),
             "kubernetesVersion": self.kubernetes_version,
         }
+        if self.containerd_version != versions.CONTAINERD:
+            found["containerdVersion"] = self.containerd_version
+        return found
 
 
-def _release_config(kubernetes_version: str) -> config.ClusterConfig:
-    """The program's config at its default versions (one Kubernetes version may differ), without a mirror."""
-    return config.load({"kubernetesVersion": kubernetes_version}, _REGION)
+def _release_config(kubernetes_version: str, containerd_version: str = versions.CONTAINERD) -> config.ClusterConfig:
+    """The program's config at its default versions (Kubernetes and containerd may differ), without a mirror."""
+    return config.load({"kubernetesVersion": kubernetes_version, "containerdVersion": containerd_version}, _REGION)
 
 
 def _sha256(path: Path) -> str:
@@ -134,29 +140,34 @@ def _layout(a: artifacts.Artifact, bins: Path, dest: Path) -> None:
         raise KeyError(f"no tarball layout for {a.name}")
 
 
-def _recipe_for(artifact: str, kubernetes_version: str) -> str:
-    """The upstream build an artifact comes from: Kubernetes' binaries from the build of that very release."""
+def _recipe_for(artifact: str, kubernetes_version: str, containerd_version: str = versions.CONTAINERD) -> str:
+    """The upstream build an artifact comes from: Kubernetes' and containerd's from the build of that very release."""
     recipe_name, _ = SOURCES[artifact]
-    if recipe_name != "kubernetes":
-        return recipe_name
-    if kubernetes_version not in KUBERNETES_BUILDS:
-        raise ValueError(
-            f"no build of Kubernetes {kubernetes_version} (built: {', '.join(sorted(KUBERNETES_BUILDS))}):"
-            " add a recipe in tests/upstream/build.py"
-        )
-    return KUBERNETES_BUILDS[kubernetes_version]
+    for product, version, builds in (
+        ("kubernetes", kubernetes_version, KUBERNETES_BUILDS),
+        ("containerd", containerd_version, CONTAINERD_BUILDS),
+    ):
+        if recipe_name != product:
+            continue
+        if version not in builds:
+            raise ValueError(
+                f"no build of {product} {version} (built: {', '.join(sorted(builds))}):"
+                " add a recipe in tests/upstream/build.py"
+            )
+        return builds[version]
+    return recipe_name
 
 
-def _key(kubernetes_version: str) -> str:
+def _key(kubernetes_version: str, containerd_version: str = versions.CONTAINERD) -> str:
     """Everything that shapes the mirror: the versions, each recipe's build key, and this module."""
     stamps = {}
-    for recipe_name in sorted({_recipe_for(a, kubernetes_version) for a in SOURCES}):
+    for recipe_name in sorted({_recipe_for(a, kubernetes_version, containerd_version) for a in SOURCES}):
         bins = upstream.require(recipe_name)
         stamps[recipe_name] = (bins.parent / ".recipe").read_text()
     blob = json.dumps(
         {
             "kubernetes": kubernetes_version,
-            "versions": [versions.ETCD, versions.CONTAINERD, versions.RUNC, versions.CNI, versions.CRICTL],
+            "versions": [versions.ETCD, containerd_version, versions.RUNC, versions.CNI, versions.CRICTL],
             "recipes": stamps,
             "source": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
         },
@@ -165,14 +176,16 @@ def _key(kubernetes_version: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _build_into(directory: Path, kubernetes_version: str) -> tuple[dict[str, str], dict[str, str]]:
+def _build_into(
+    directory: Path, kubernetes_version: str, containerd_version: str = versions.CONTAINERD
+) -> tuple[dict[str, str], dict[str, str]]:
     """Lay out every artifact under `directory`: (artifact -> digest, artifact -> path under the directory)."""
-    cfg = _release_config(kubernetes_version)
+    cfg = _release_config(kubernetes_version, containerd_version)
     digests: dict[str, str] = {}
     paths: dict[str, str] = {}
     for name in artifacts.NAMES:
         a = artifacts.artifact(cfg, name)
-        recipe_name = _recipe_for(name, kubernetes_version)
+        recipe_name = _recipe_for(name, kubernetes_version, containerd_version)
         relative = a.url.removeprefix("https://")
         _layout(a, upstream.require(recipe_name), directory / relative)
         digests[name] = _sha256(directory / relative)
@@ -180,15 +193,17 @@ def _build_into(directory: Path, kubernetes_version: str) -> tuple[dict[str, str
     return digests, paths
 
 
-def _build_cached(kubernetes_version: str) -> tuple[Path, dict[str, str], dict[str, str]]:
+def _build_cached(
+    kubernetes_version: str, containerd_version: str = versions.CONTAINERD
+) -> tuple[Path, dict[str, str], dict[str, str]]:
     """The mirror for one set of versions in the cache: (directory, artifact -> digest, artifact -> path)."""
-    directory = cache_root() / f"mirror-{_key(kubernetes_version)}"
+    directory = cache_root() / f"mirror-{_key(kubernetes_version, containerd_version)}"
     stamp = directory / ".kthw-mirror.json"
     if stamp.exists():
         done = json.loads(stamp.read_text())
         return directory, done["digests"], done["paths"]
     shutil.rmtree(directory, ignore_errors=True)
-    digests, paths = _build_into(directory, kubernetes_version)
+    digests, paths = _build_into(directory, kubernetes_version, containerd_version)
     stamp.write_text(json.dumps({"digests": digests, "paths": paths}, indent=2, sort_keys=True) + "\n")
     return directory, digests, paths
 
@@ -207,19 +222,25 @@ def _link(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def build_mirror(root: Path | None = None, *, kubernetes_version: str = versions.KUBERNETES) -> Mirror:
+def build_mirror(
+    root: Path | None = None,
+    *,
+    kubernetes_version: str = versions.KUBERNETES,
+    containerd_version: str = versions.CONTAINERD,
+) -> Mirror:
     """The mirror of every artifact the program downloads at its default versions, laid out under `root`.
 
     The files are built once into the kthw cache (keyed by versions, upstream build keys and this
     module) and hard-linked into `root`; with no `root`, the cache directory itself is the mirror.
-    Several calls with one `root` and different Kubernetes versions fill one mirror for a version bump.
+    Several calls with one `root` and different Kubernetes or containerd versions fill one mirror
+    for a version bump.
     """
-    directory, digests, paths = _build_cached(kubernetes_version)
+    directory, digests, paths = _build_cached(kubernetes_version, containerd_version)
     if root is None:
-        return Mirror(directory, digests, kubernetes_version)
+        return Mirror(directory, digests, kubernetes_version, containerd_version)
     for relative in paths.values():
         _link(directory / relative, root / relative)
-    return Mirror(root, digests, kubernetes_version)
+    return Mirror(root, digests, kubernetes_version, containerd_version)
 
 
 # --- serving inside a network namespace -----------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +39,7 @@ class Services:
     previous: mirror.Mirror  # build.PREVIOUS_KUBERNETES: what the 1+1 stack starts at
     current: mirror.Mirror  # versions.KUBERNETES, the program's default
     registry_mirrors: dict[str, str]
+    mirror_root: Path  # what the mirror serves: a test may lay out more releases into it
 
 
 def base_config(controllers: int, workers: int, binaries: mirror.Mirror, mirrors: dict[str, str]) -> dict[str, Any]:
@@ -98,7 +100,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         store = tmp_path_factory.mktemp("registry")
         processes.append(registry.serve_registry(namespace.name, REGISTRY[0], REGISTRY[1], store))
         registry.push(registry.build_images(), REGISTRY_URL, namespace.name)
-        yield Services(namespace, previous, current, registry.registry_mirrors(REGISTRY_URL))
+        yield Services(namespace, previous, current, registry.registry_mirrors(REGISTRY_URL), root)
     finally:
         for process in processes:
             process.kill()

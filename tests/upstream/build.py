@@ -130,6 +130,9 @@ def _k8s_version_ldflags(version: str) -> tuple[str, ...]:
 
 # The Kubernetes patch release a local-cloud stack starts at before it is bumped to versions.KUBERNETES.
 PREVIOUS_KUBERNETES = "1.36.3"
+# The containerd patch release after the program's, for the local cloud's workers-only bump (issue 18):
+# the module proxy serves no 2.3 release before versions.CONTAINERD (2.3.4), so the bump goes up.
+NEXT_CONTAINERD = "2.3.5"
 
 
 def _kubernetes(name: str, version: str) -> Recipe:
@@ -155,6 +158,22 @@ def _kubernetes(name: str, version: str) -> Recipe:
     )
 
 
+def _containerd(name: str, version: str) -> Recipe:
+    """containerd, its runc shim and ctr, version-stamped as the release's own are."""
+    return Recipe(
+        name,
+        version,
+        requires={"github.com/containerd/containerd/v2": f"v{version}"},
+        packages=(
+            "github.com/containerd/containerd/v2/cmd/containerd",
+            "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+            "github.com/containerd/containerd/v2/cmd/ctr",
+        ),
+        tags=("no_btrfs", "no_devmapper", "no_zfs"),
+        ldflags=(f"-X github.com/containerd/containerd/v2/version.Version=v{version}",),
+    )
+
+
 def recipes() -> list[Recipe]:
     """Every build, at the program's default versions (components/versions.py)."""
     k8s = versions.KUBERNETES
@@ -173,18 +192,9 @@ def recipes() -> list[Recipe]:
         _kubernetes("kubernetes", k8s),
         # The patch release before the program's, for the local cloud's upgrade scenario (issue 13).
         _kubernetes("kubernetes-previous", PREVIOUS_KUBERNETES),
-        Recipe(
-            "containerd",
-            versions.CONTAINERD,
-            requires={"github.com/containerd/containerd/v2": f"v{versions.CONTAINERD}"},
-            packages=(
-                "github.com/containerd/containerd/v2/cmd/containerd",
-                "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
-                "github.com/containerd/containerd/v2/cmd/ctr",
-            ),
-            tags=("no_btrfs", "no_devmapper", "no_zfs"),
-            ldflags=(f"-X github.com/containerd/containerd/v2/version.Version=v{versions.CONTAINERD}",),
-        ),
+        _containerd("containerd", versions.CONTAINERD),
+        # The patch release after the program's, for the local cloud's containerd bump (issue 18).
+        _containerd("containerd-next", NEXT_CONTAINERD),
         Recipe(
             "runc",
             versions.RUNC,

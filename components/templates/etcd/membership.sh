@@ -7,8 +7,12 @@
 #   2. an empty data dir joins the running cluster found at the other members' client URLs:
 #      `member add` first (unless a previous attempt already added it; as a learner when the
 #      cluster has one member), then start `existing`; the ready step promotes a learner;
-#   3. only when no other member answers at all does the founder ({{ founder }}) start a new
-#      cluster of one; the others grow it one `member add` at a time. Any other member waits.
+#   3. only when no other member answers at all, and only if this controller never saw a cluster
+#      (no "founded" marker on its boot disk nor on its etcd disk), does the founder ({{ founder }})
+#      start a new cluster of one; the others grow it one `member add` at a time. Any other member,
+#      and a founder whose cluster exists somewhere, waits (etcd retries) until a quorum answers.
+#      So a founder that lost its etcd disk while the others are still down (a power loss, any boot
+#      order) joins their cluster once it is back instead of founding a second one.
 # A data dir left by a member the cluster has since removed is moved aside, and the member
 # joins again as new; a member the cluster still lists as started but whose data is gone is
 # removed and added again (etcd refuses an old member ID with an empty log).
@@ -29,6 +33,9 @@ export ETCDCTL_DIAL_TIMEOUT=3s ETCDCTL_COMMAND_TIMEOUT=10s
 ctl() { timeout --kill-after=5 "{{ etcdctl_timeout }}" "${etcdctl}" "$@"; }
 # How long `member add` retries while the cluster is still settling a previous change.
 add_timeout="${KTHW_ETCD_ADD_TIMEOUT:-120}"
+# Written once this controller has been part of a cluster (a healthy member, or a start from
+# data): one on the boot disk, one on the etcd disk, so losing either disk keeps the other.
+markers=({{ founded_markers }})
 
 log() { echo "kthw-etcd-membership: ${name}: $*" >&2; }
 
@@ -65,6 +72,23 @@ any_peer_answers() {
   return 1
 }
 
+founded_before() {
+  local marker
+  for marker in "${markers[@]}"; do
+    [ -e "${marker}" ] && return 0
+  done
+  return 1
+}
+
+mark_founded() {
+  local marker
+  for marker in "${markers[@]}"; do
+    if ! { mkdir -p "$(dirname "${marker}")" && touch "${marker}"; }; then
+      log "could not write ${marker}"
+    fi
+  done
+}
+
 # Ask whether anyone answers first, with a short timeout: at a fresh cluster's founding the
 # other controllers do not exist yet, and a quorum read against them would wait out every timeout.
 members=""
@@ -77,6 +101,7 @@ mine="$(awk -v url="${peer_url}" '$4 == url || index($4, url ",") == 1' <<< "${m
 
 if [ -d "${data_dir}/member" ]; then
   if [ -z "${members}" ] || [ -n "${mine}" ]; then
+    mark_founded
     # etcd ignores both values when it restarts from its data; they are set so nothing is left
     # to a default.
     write_env existing "${name}=${peer_url}"
@@ -138,6 +163,10 @@ if [ "${answered}" = true ]; then
   exit 1
 fi
 if [ "${founder}" = true ]; then
+  if founded_before; then
+    log "no etcd member answers at ${peers}, and this controller has been part of a cluster before (${markers[*]}): not founding a second one; it joins once a quorum answers (etcd retries)"
+    exit 1
+  fi
   write_env new "${name}=${peer_url}"
   exit 0
 fi

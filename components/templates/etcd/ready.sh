@@ -17,6 +17,9 @@ export ETCDCTL_DIAL_TIMEOUT=3s ETCDCTL_COMMAND_TIMEOUT=10s
 # the whole process in case it hangs anyway.
 ctl() { timeout --kill-after=5 "{{ etcdctl_timeout }}" "${etcdctl}" "$@"; }
 timeout="${KTHW_ETCD_READY_TIMEOUT:-{{ timeout }}}"
+# A healthy member proves the cluster exists: from now on this controller never founds another
+# one (kthw-etcd-membership reads these).
+markers=({{ founded_markers }})
 deadline=$((SECONDS + timeout))
 
 # One field of `endpoint status -w fields` at an endpoint ("RaftIndex", "Leader", ...).
@@ -57,6 +60,9 @@ while :; do
       fi
     # `endpoint health` does a quorum read through this member: it is a voting, connected member.
     elif ctl --endpoints="${local_url}" endpoint health >/dev/null 2>&1; then
+      for marker in "${markers[@]}"; do
+        mkdir -p "$(dirname "${marker}")" && touch "${marker}"
+      done
       echo "kthw: ${name}: etcd healthy and caught up (applied ${applied}, leader's index ${target})"
       exit 0
     else

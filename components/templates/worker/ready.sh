@@ -37,6 +37,14 @@ for unit in "${units[@]}"; do
   done
 done
 
+# The kubelet's own health, not only its Node object: right after a restart the Node still reads
+# Ready from the previous kubelet's heartbeat, while the new one does not serve exec and logs yet.
+health=""
+until health="$(curl -sS --connect-timeout 2 --max-time 5 "{{ kubelet_healthz }}" 2>&1)" && [ "${health}" = ok ]; do
+  [ "${SECONDS}" -lt "${deadline}" ] || fail "the kubelet's {{ kubelet_healthz }} is not ok after ${timeout}s: ${health:-no answer}"
+  sleep 2
+done
+
 # The node authorizer lets a kubelet read its own Node object, so its own kubeconfig can check that
 # the node registered and reports Ready (containerd and the CNI conf work).
 ready=""
@@ -48,4 +56,4 @@ until [ "${ready}" = "True" ]; do
     || fail "node ${node} is not Ready in the API server after ${timeout}s (Ready=${ready:-unregistered})"
   sleep 3
 done
-echo "kthw: ${node}: worker start: ${units[*]} active; node Ready"
+echo "kthw: ${node}: worker start: ${units[*]} active; kubelet healthy; node Ready"
