@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pulumi
 import yaml
 
-from components import versions
+from components import images, versions
 
 T = TypeVar("T")
 
@@ -210,6 +210,7 @@ class Versions:
     runc: str = versions.RUNC
     cni: str = versions.CNI
     crictl: str = versions.CRICTL
+    metrics_server: str = versions.METRICS_SERVER
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,8 @@ class ClusterConfig:
     binary_digests: tuple[tuple[str, str], ...] = ()
     # kthw:registryMirrors as (registry host, mirror URL) pairs, sorted.
     registry_mirrors: tuple[tuple[str, str], ...] = ()
+    # kthw:imageDigests as (image, digest) pairs, sorted: image digests the user vouches for.
+    image_digests: tuple[tuple[str, str], ...] = ()
 
     @property
     def audit_enabled(self) -> bool:
@@ -479,6 +482,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
             ("runc", "runcVersion", versions.RUNC),
             ("cni", "cniVersion", versions.CNI),
             ("crictl", "crictlVersion", versions.CRICTL),
+            ("metrics_server", "metricsServerVersion", versions.METRICS_SERVER),
         )
     }
     audit_level = problems.check(functools.partial(_choice, cfg, "auditLevel", "Metadata", (AUDIT_OFF, *AUDIT_LEVELS)))
@@ -486,6 +490,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     names = problems.check(lambda: _cluster_name(cfg, controller_count, worker_count, cluster_net))
     binary_digests = _binary_digests(cfg, problems)
     registry_mirrors = _registry_mirrors(cfg, problems)
+    image_digests = _image_digests(cfg, problems, component_versions["metrics_server"] if metrics_server else None)
 
     if problems.found:
         raise ConfigErrors(problems.found)
@@ -494,7 +499,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
     assert controller_count is not None and worker_count is not None and machine_type is not None
     assert validity is not None and rotation is not None and admin_ranges is not None
     assert audit_level is not None and metrics_server is not None
-    assert binary_digests is not None and registry_mirrors is not None
+    assert binary_digests is not None and registry_mirrors is not None and image_digests is not None
 
     controllers = tuple(
         NodeSpec(
@@ -540,6 +545,7 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
         metrics_server=metrics_server,
         binary_digests=binary_digests,
         registry_mirrors=registry_mirrors,
+        image_digests=image_digests,
     )
 
 
@@ -639,6 +645,44 @@ def _binary_digest(name: str, digest: object) -> tuple[str, str]:
             "binaryDigests",
             {name: digest},
             f"the SHA-256 of {name}'s download: 64 lowercase hex digits, as `sha256sum FILE` prints them",
+        )
+    return name, digest
+
+
+def _image_digests(
+    cfg: Mapping[str, Any], problems: _Problems, metrics_server_version: str | None
+) -> tuple[tuple[str, str], ...] | None:
+    """kthw:imageDigests: image -> the digest its pull must have, replacing the pinned one.
+
+    The metrics-server version deployed (None: not deployed, or its version already refused) needs a
+    digest from one or the other.
+    """
+    found = problems.check(lambda: _object(cfg, "imageDigests", '{"metrics-server": "sha256:<digest>"}'))
+    if found is None:
+        return None
+    checked = [problems.check(functools.partial(_image_digest, name, digest)) for name, digest in found.items()]
+    if None in checked:
+        return None
+    trusted = tuple(sorted(c for c in checked if c is not None))
+    version = metrics_server_version
+    if version is not None and images.digest(images.METRICS_SERVER, version, dict(trusted)) is None:
+        problems.found.append(
+            str(ConfigError("metricsServerVersion", version, images.missing_digest(images.METRICS_SERVER, version)))
+        )
+        return None
+    return trusted
+
+
+def _image_digest(name: str, digest: object) -> tuple[str, str]:
+    if name not in images.NAMES:
+        close = difflib.get_close_matches(name, images.NAMES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"one of {', '.join(images.NAMES)}"
+        raise ConfigError("imageDigests", {name: digest}, f"{name!r} is not an image the program pins: {hint}")
+    if not isinstance(digest, str) or not images.DIGEST.match(digest):
+        raise ConfigError(
+            "imageDigests",
+            {name: digest},
+            f"the digest of {name}'s image: sha256: and 64 lowercase hex digits, as the registry reports it",
         )
     return name, digest
 

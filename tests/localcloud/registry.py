@@ -38,7 +38,7 @@ NGINX_IMAGE = "docker.io/library/" + addons.SMOKE_NGINX_IMAGE
 COREDNS_IMAGE = addons.COREDNS_IMAGE
 IMAGES = (PAUSE_IMAGE, COREDNS_IMAGE, BUSYBOX_IMAGE, NGINX_IMAGE)
 # Not built: metrics-server is not among the upstream builds (stacks here set kthw:metricsServer=false).
-NOT_BUILT = (addons.METRICS_SERVER_IMAGE,)
+NOT_BUILT = (addons.METRICS_SERVER_REPOSITORY,)
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: one static binary
 NGINX = Path("/usr/sbin/nginx")  # Debian's nginx (.ci/run installs it)
