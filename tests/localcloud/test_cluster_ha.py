@@ -33,7 +33,7 @@ MEMBERS = ("10.240.0.10", "10.240.0.11", "10.240.0.12")
 def large(
     services: Services, base_image: Image, accel: Accel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalStack]:
-    config = base_config(3, 3, services.current, services.registry_mirrors)
+    config = base_config(3, 3, services.current, services)
     stack = LocalStack.create("ha", tmp_path_factory.mktemp("ha"), services.namespace, base_image, accel, config)
     try:
         yield stack
