@@ -16,7 +16,7 @@ import pytest
 import yaml
 from pulumi_command import remote as command_remote
 
-from components import addons
+from components import addons, bounds
 from components import config as config_module
 from components.addons import Addons, AddonsArgs, SmokeTest, SmokeTestArgs
 from components.config import ClusterConfig
@@ -608,6 +608,20 @@ def test_metrics_server_image_is_pulled_by_digest(kthw: dict[str, str], image: s
     deployment = one(metrics_objects(**kthw), "Deployment", "metrics-server")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == image
+
+
+def test_metrics_server_is_not_killed_while_it_starts() -> None:
+    """Liveness waits for a startup probe that allows as long as the add-on step waits for the rollout.
+
+    Seen on the local cloud's emulated worker: with liveness alone (3 x 10 s, 1 s timeouts) metrics-server
+    was killed before it listened, restarted four times, and starved the node's other pods.
+    """
+    deployment = one(metrics_objects(), "Deployment", "metrics-server")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    startup, liveness, readiness = (container[p] for p in ("startupProbe", "livenessProbe", "readinessProbe"))
+    assert startup["httpGet"] == liveness["httpGet"] == {"path": "/livez", "port": "https", "scheme": "HTTPS"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= bounds.DNS_ROLLOUT_SECONDS
+    assert all(probe["timeoutSeconds"] >= 5 for probe in (startup, liveness, readiness))
 
 
 def test_metrics_server_rbac() -> None:
