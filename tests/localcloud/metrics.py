@@ -65,8 +65,16 @@ def wait_available(stack: LocalStack, seconds: int = AVAILABLE_SECONDS) -> dict[
 
 
 def check_aggregation(stack: LocalStack) -> dict[str, Any]:
-    """The metrics API through the aggregation layer, with every certificate on the way checked."""
+    """The metrics API through the aggregation layer, with every certificate on the way checked.
+
+    The live links first (the aggregator's own check, then a read), then the configuration behind them.
+    """
     api = wait_available(stack)
+    # A read through the aggregator: metrics-server authorizes the admin the front proxy names (a caller it
+    # did not trust would be system:anonymous, and refused).
+    node = json.loads(kubectl(stack, "get --raw /apis/metrics.k8s.io/v1beta1/nodes/worker-0"))
+    usage = node["usage"]
+    assert usage["cpu"] and usage["memory"] and not usage["memory"].startswith("0"), node
     cluster_ca = node_file(stack, "controller-0", CLUSTER_CA)
     spec = api["spec"]
     # The API server checks metrics-server's serving certificate against the cluster CA, by the service's name.
@@ -75,14 +83,11 @@ def check_aggregation(stack: LocalStack) -> dict[str, Any]:
     # What metrics-server trusts for the aggregator's identity headers: the front-proxy CA, and only its client.
     published = kubectl_json(stack, "-n kube-system get configmap extension-apiserver-authentication")["data"]
     front_proxy_ca = node_file(stack, "controller-0", FRONT_PROXY_CA)
-    assert published["requestheader-client-ca-file"].strip() == front_proxy_ca.strip()
+    assert published["requestheader-client-ca-file"].strip() == front_proxy_ca.strip(), (
+        "the API server publishes another request-header CA than the front-proxy CA"
+    )
     assert front_proxy_ca.strip() != cluster_ca.strip()
     assert json.loads(published["requestheader-allowed-names"]) == ["front-proxy-client"]
-    # A read through the aggregator: metrics-server authorizes the admin the front proxy names (a caller it
-    # did not trust would be system:anonymous, and refused).
-    node = json.loads(kubectl(stack, "get --raw /apis/metrics.k8s.io/v1beta1/nodes/worker-0"))
-    usage = node["usage"]
-    assert usage["cpu"] and usage["memory"] and not usage["memory"].startswith("0"), node
     return api
 
 
