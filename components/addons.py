@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 import yaml
 
-from components import bounds, remote, versions
+from components import bounds, images, remote
 from components.config import ClusterConfig
 from components.control_plane import AUDIT_LOG
 from components.kubeconfig import ENCRYPTION_KEY_NAME
@@ -28,8 +28,8 @@ COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.14.2"
 APISERVER_KUBELET_USER = "kubernetes"
 KUBELET_API_ROLE = "system:kube-apiserver-to-kubelet"
 
-# The metrics API (kthw:metricsServer); the image is the release of the pinned version.
-METRICS_SERVER_IMAGE = f"registry.k8s.io/metrics-server/metrics-server:v{versions.METRICS_SERVER}"
+# The metrics API (kthw:metricsServer): registry.k8s.io's release of kthw:metricsServerVersion, by digest.
+METRICS_SERVER_REPOSITORY = images.REPOSITORIES[images.METRICS_SERVER]
 METRICS_SERVER_PORT = 10250
 METRICS_SERVER_CERTS = "metrics-server-certs"
 METRICS_SERVER_CERTS_DIR = "/etc/metrics-server"
@@ -239,12 +239,17 @@ def render_coredns(config: ClusterConfig) -> str:
     return _dump([service_account, cluster_role, cluster_role_binding, config_map, deployment, service])
 
 
-def render_metrics_server(ca_cert_pem: str) -> str:
+def metrics_server_image(config: ClusterConfig) -> str:
+    """repository:tag@digest of the configured version: kthw:imageDigests' digest, else the pinned one."""
+    return images.reference(images.METRICS_SERVER, config.versions.metrics_server, dict(config.image_digests))
+
+
+def render_metrics_server(config: ClusterConfig, ca_cert_pem: str) -> str:
     """metrics-server's objects; its APIService trusts the cluster CA that signed metrics-server's serving cert."""
     return render(
         "addons/metrics-server.yaml",
-        version=versions.METRICS_SERVER,
-        image=METRICS_SERVER_IMAGE,
+        version=config.versions.metrics_server,
+        image=metrics_server_image(config),
         port=METRICS_SERVER_PORT,
         certs_dir=METRICS_SERVER_CERTS_DIR,
         certs_secret=METRICS_SERVER_CERTS,
@@ -264,9 +269,10 @@ def metrics_server_certs(ca_cert_pem: str, cert_pem: str, key_pem: str) -> dict[
     }
 
 
-def metrics_server_manifests(ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
+def metrics_server_manifests(config: ClusterConfig, ca_cert_pem: str, cert_pem: str, key_pem: str) -> str:
     """The Secret first (the Deployment mounts it), then the rest: one stream for one `kubectl apply`."""
-    return to_yaml(metrics_server_certs(ca_cert_pem, cert_pem, key_pem)) + "---\n" + render_metrics_server(ca_cert_pem)
+    certs = to_yaml(metrics_server_certs(ca_cert_pem, cert_pem, key_pem))
+    return certs + "---\n" + render_metrics_server(config, ca_cert_pem)
 
 
 def render_smoke_manifests() -> str:
@@ -409,7 +415,7 @@ class Addons(pulumi.ComponentResource):
                 raise ValueError("kthw:metricsServer needs AddonsArgs.ca_cert and metrics_server_tls")
             tls = args.metrics_server_tls
             manifests = pulumi.Output.all(args.ca_cert, tls.cert_pem, tls.key_pem).apply(
-                lambda pems: metrics_server_manifests(*pems)
+                lambda pems: metrics_server_manifests(args.config, *pems)
             )
             self.metrics_server = remote.run(
                 f"{name}-metrics-server",
@@ -421,7 +427,10 @@ class Addons(pulumi.ComponentResource):
                 secret_stdin=True,
                 depends_on=[self.rbac, *args.depends_on, *args.workers_ready],
             )
-        self.register_outputs({"coredns_image": COREDNS_IMAGE, "metrics_server_image": METRICS_SERVER_IMAGE})
+        outputs = {"coredns_image": COREDNS_IMAGE}
+        if args.config.metrics_server:
+            outputs["metrics_server_image"] = metrics_server_image(args.config)
+        self.register_outputs(outputs)
 
 
 @dataclass(frozen=True)

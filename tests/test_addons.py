@@ -16,7 +16,7 @@ import pytest
 import yaml
 from pulumi_command import remote as command_remote
 
-from components import addons, versions
+from components import addons, bounds
 from components import config as config_module
 from components.addons import Addons, AddonsArgs, SmokeTest, SmokeTestArgs
 from components.config import ClusterConfig
@@ -501,7 +501,7 @@ def test_metrics_server_step_carries_its_key_as_a_secret_after_the_workers(wired
     assert {"addons-rbac", "control-plane-healthy", "worker-0-ready", "worker-1-ready"} <= step.depends_on
     assert {"stdin"} <= step.secret_paths and step.inputs["logging"] == "none"
     assert {"stdout", "stderr"} <= set(step.options["additional_secret_outputs"])
-    assert step.inputs["stdin"] == addons.metrics_server_manifests(FAKE_CA, FAKE_CERT, FAKE_KEY)
+    assert step.inputs["stdin"] == addons.metrics_server_manifests(load(workerCount="2"), FAKE_CA, FAKE_CERT, FAKE_KEY)
     assert 'rollout="kube-system/metrics-server"' in step.inputs["create"]
     assert "PRIVATE KEY" not in step.inputs["create"]
     assert "addons-metrics-server" in wired.by_name("smoke-cluster").depends_on
@@ -522,12 +522,12 @@ API_SERVICE_SPEC_FIELDS = {
 }  # fmt: skip
 
 
-def metrics_objects() -> list[dict[str, Any]]:
-    return docs(addons.metrics_server_manifests(FAKE_CA, FAKE_CERT, FAKE_KEY))
+def metrics_objects(**kthw: str) -> list[dict[str, Any]]:
+    return docs(addons.metrics_server_manifests(load(**kthw), FAKE_CA, FAKE_CERT, FAKE_KEY))
 
 
 def test_metrics_server_manifest_is_valid_kubernetes(tmp_path: Path) -> None:
-    manifest = addons.metrics_server_manifests(FAKE_CA, FAKE_CERT, FAKE_KEY)
+    manifest = addons.metrics_server_manifests(load(), FAKE_CA, FAKE_CERT, FAKE_KEY)
     known = [o for o in docs(manifest) if o["kind"] != "APIService"]
     kinds = validate_with_kubectl(tmp_path, yaml.safe_dump_all(known))
     assert kinds == [
@@ -544,7 +544,7 @@ def test_metrics_server_verifies_every_hop() -> None:
     objects = metrics_objects()
     deployment = one(objects, "Deployment", "metrics-server")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == f"registry.k8s.io/metrics-server/metrics-server:v{versions.METRICS_SERVER}"
+    assert container["image"] == addons.metrics_server_image(load())
     args = dict(a.removeprefix("--").partition("=")[::2] for a in container["args"])
     certs = "/etc/metrics-server"
     assert args == {
@@ -574,6 +574,54 @@ def test_metrics_server_verifies_every_hop() -> None:
     assert port["targetPort"] == container["ports"][0]["name"] and container["ports"][0]["containerPort"] == 10250
     assert service["spec"]["selector"] == deployment["spec"]["template"]["metadata"]["labels"]
     assert (api_service["group"], api_service["version"]) == ("metrics.k8s.io", "v1beta1")
+
+
+OWN_DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("kthw", "image"),
+    [
+        # The default and 0.8.0 by registry.k8s.io's published index digests.
+        (
+            {},
+            "registry.k8s.io/metrics-server/metrics-server:v0.8.1"
+            "@sha256:b2d2efaf5ac3b366ed0f839d2412a2c4279d4fc2a2a733f12c52133faed36c41",
+        ),
+        (
+            {"metricsServerVersion": "v0.8.0"},
+            "registry.k8s.io/metrics-server/metrics-server:v0.8.0"
+            "@sha256:89258156d0e9af60403eafd44da9676fd66f600c7934d468ccc17e42b199aee2",
+        ),
+        # A digest the user vouches for wins over the pinned one, and pins a version the program does not know.
+        (
+            {"imageDigests": json.dumps({"metrics-server": OWN_DIGEST})},
+            f"{addons.METRICS_SERVER_REPOSITORY}:v0.8.1@{OWN_DIGEST}",
+        ),
+        (
+            {"metricsServerVersion": "0.9.1", "imageDigests": json.dumps({"metrics-server": OWN_DIGEST})},
+            f"{addons.METRICS_SERVER_REPOSITORY}:v0.9.1@{OWN_DIGEST}",
+        ),
+    ],
+)
+def test_metrics_server_image_is_pulled_by_digest(kthw: dict[str, str], image: str) -> None:
+    deployment = one(metrics_objects(**kthw), "Deployment", "metrics-server")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == image
+
+
+def test_metrics_server_is_not_killed_while_it_starts() -> None:
+    """Liveness waits for a startup probe that allows as long as the add-on step waits for the rollout.
+
+    Seen on the local cloud's emulated worker: with liveness alone (3 x 10 s, 1 s timeouts) metrics-server
+    was killed before it listened, restarted four times, and starved the node's other pods.
+    """
+    deployment = one(metrics_objects(), "Deployment", "metrics-server")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    startup, liveness, readiness = (container[p] for p in ("startupProbe", "livenessProbe", "readinessProbe"))
+    assert startup["httpGet"] == liveness["httpGet"] == {"path": "/livez", "port": "https", "scheme": "HTTPS"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= bounds.DNS_ROLLOUT_SECONDS
+    assert all(probe["timeoutSeconds"] >= 5 for probe in (startup, liveness, readiness))
 
 
 def test_metrics_server_rbac() -> None:

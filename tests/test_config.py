@@ -416,3 +416,67 @@ def test_registry_hosts_with_ports_and_addresses() -> None:
         ("10.0.0.5:5000", "http://mirror:5001/kthw"),
         ("localhost:5000", "https://10.0.0.6"),
     )
+
+
+IMAGE_DIGEST = "sha256:" + DIGEST
+
+
+def test_metrics_server_version_is_a_component_version_pinned_by_digest() -> None:
+    assert load().versions.metrics_server == "0.8.1" and load().image_digests == ()
+    cfg = load(metricsServerVersion="v0.8.0")
+    assert cfg.versions.metrics_server == "0.8.0" and cfg.image_digests == ()
+    # The user's digest pins a version the program does not (a local build, a newer release).
+    cfg = load(metricsServerVersion="0.9.1", imageDigests=json.dumps({"metrics-server": IMAGE_DIGEST}))
+    assert cfg.versions.metrics_server == "0.9.1" and cfg.image_digests == (("metrics-server", IMAGE_DIGEST),)
+    # Without metrics-server no image is pulled, so no digest is needed.
+    assert load(metricsServer="false", metricsServerVersion="0.7.2").versions.metrics_server == "0.7.2"
+
+
+@pytest.mark.parametrize(
+    ("values", "problems"),
+    [
+        (
+            {"metricsServerVersion": "0.7.2"},
+            [
+                "kthw:metricsServerVersion = '0.7.2' is invalid: a version whose image digest the program pins "
+                "(0.8.0, 0.8.1), or vouch for registry.k8s.io/metrics-server/metrics-server:v0.7.2 with its digest "
+                "in kthw:imageDigests.metrics-server (sha256:..., as your registry or mirror serves it)"
+            ],
+        ),
+        (
+            {"metricsServerVersion": "latest"},
+            [
+                "kthw:metricsServerVersion = 'latest' is invalid: a release version like 1.32.3 "
+                "(a leading 'v' is allowed)"
+            ],
+        ),
+        (
+            {"imageDigests": {"metric-server": IMAGE_DIGEST, "coredns": IMAGE_DIGEST}},
+            [
+                f"kthw:imageDigests = {{'metric-server': '{IMAGE_DIGEST}'}} is invalid: 'metric-server' is not an "
+                "image the program pins: did you mean 'metrics-server'?",
+                f"kthw:imageDigests = {{'coredns': '{IMAGE_DIGEST}'}} is invalid: 'coredns' is not an image the "
+                "program pins: one of metrics-server",
+            ],
+        ),
+        # A bare hex digest (the registry always names the algorithm), and a digest with a version that has none.
+        (
+            {"imageDigests": {"metrics-server": DIGEST}, "metricsServerVersion": "0.7.2"},
+            [
+                f"kthw:imageDigests = {{'metrics-server': '{DIGEST}'}} is invalid: the digest of metrics-server's "
+                "image: sha256: and 64 lowercase hex digits, as the registry reports it"
+            ],
+        ),
+        (
+            {"imageDigests": '["metrics-server"]'},
+            [
+                "kthw:imageDigests = ['metrics-server'] is invalid: an object, e.g. "
+                '{"metrics-server": "sha256:<digest>"}'
+            ],
+        ),
+    ],
+)
+def test_bad_metrics_server_versions_and_image_digests(values: dict[str, object], problems: list[str]) -> None:
+    with pytest.raises(ConfigErrors) as error:
+        load(**values)
+    assert error.value.problems == problems

@@ -774,7 +774,7 @@ def test_known_registries_cover_every_image_the_cluster_pulls() -> None:
     images = [
         "registry.k8s.io/pause:3.10.2",  # containerd 2.3's default sandbox image (`containerd config default`)
         addons.COREDNS_IMAGE,
-        addons.METRICS_SERVER_IMAGE,
+        addons.METRICS_SERVER_REPOSITORY,
         addons.SMOKE_NGINX_IMAGE,
         addons.SMOKE_BUSYBOX_IMAGE,
     ]

@@ -67,6 +67,9 @@ def load(cfg: Mapping[str, Any], gcp: Mapping[str, Any]) -> ClusterConfig:
             values.count, cfg, "maxUnavailableWorkers", 1, None, "workers drained at once"
         ),
     }
+    # The metrics-server version deployed needs a digest, pinned or vouched for (None: not deployed or refused).
+    deployed = fields["versions"].metrics_server if fields["versions"] and fields["metrics_server"] else None
+    fields["image_digests"] = sources.image_digests(cfg, problems, deployed)
     if problems.found:
         raise ConfigErrors(problems.found)
     if machines is not None:

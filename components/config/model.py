@@ -47,6 +47,7 @@ class Versions:
     runc: str = versions.RUNC
     cni: str = versions.CNI
     crictl: str = versions.CRICTL
+    metrics_server: str = versions.METRICS_SERVER
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class ClusterConfig:
     binary_digests: tuple[tuple[str, str], ...] = ()
     # kthw:registryMirrors as (registry host, mirror URL) pairs, sorted.
     registry_mirrors: tuple[tuple[str, str], ...] = ()
+    # kthw:imageDigests as (image, digest) pairs, sorted: image digests the user vouches for.
+    image_digests: tuple[tuple[str, str], ...] = ()
     # kthw:maxUnavailableWorkers: how many workers a rolling change drains and restarts at once.
     max_unavailable_workers: int = 1
     # kthw:platform: gcp, machines or local.

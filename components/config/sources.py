@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from components import versions
+from components import images, versions
 from components.config import values
 from components.config.model import Versions
 from components.config.problems import ConfigError, Problems
@@ -24,6 +24,7 @@ VERSION_KEYS = (
     ("runc", "runcVersion", versions.RUNC),
     ("cni", "cniVersion", versions.CNI),
     ("crictl", "crictlVersion", versions.CRICTL),
+    ("metrics_server", "metricsServerVersion", versions.METRICS_SERVER),
 )
 _BINARY_MIRROR = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 # kthw:registryMirrors keys: a registry as an image reference names it, a DNS name or IPv4 address
@@ -71,6 +72,44 @@ def _binary_digest(name: str, digest: object) -> tuple[str, str]:
             "binaryDigests",
             {name: digest},
             f"the SHA-256 of {name}'s download: 64 lowercase hex digits, as `sha256sum FILE` prints them",
+        )
+    return name, digest
+
+
+def image_digests(
+    cfg: Mapping[str, Any], problems: Problems, metrics_server_version: str | None
+) -> tuple[tuple[str, str], ...] | None:
+    """kthw:imageDigests: image -> the digest its pull must have, replacing the pinned one.
+
+    The metrics-server version deployed (None: not deployed, or its version already refused) needs a
+    digest from one or the other.
+    """
+    found = problems.check(values.json_object, cfg, "imageDigests", '{"metrics-server": "sha256:<digest>"}')
+    if found is None:
+        return None
+    checked = [problems.check(_image_digest, name, digest) for name, digest in found.items()]
+    if None in checked:
+        return None
+    trusted = tuple(sorted(c for c in checked if c is not None))
+    version = metrics_server_version
+    if version is not None and images.digest(images.METRICS_SERVER, version, dict(trusted)) is None:
+        problems.found.append(
+            str(ConfigError("metricsServerVersion", version, images.missing_digest(images.METRICS_SERVER, version)))
+        )
+        return None
+    return trusted
+
+
+def _image_digest(name: str, digest: object) -> tuple[str, str]:
+    if name not in images.NAMES:
+        close = difflib.get_close_matches(name, images.NAMES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"one of {', '.join(images.NAMES)}"
+        raise ConfigError("imageDigests", {name: digest}, f"{name!r} is not an image the program pins: {hint}")
+    if not isinstance(digest, str) or not images.DIGEST.match(digest):
+        raise ConfigError(
+            "imageDigests",
+            {name: digest},
+            f"the digest of {name}'s image: sha256: and 64 lowercase hex digits, as the registry reports it",
         )
     return name, digest
 

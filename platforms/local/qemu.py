@@ -231,8 +231,10 @@ def stop(pid_file: Path, marker: str, timeout: float = 20.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + wait
+        # The process itself, not its pid file: a process may remove that file on its way out and
+        # still be running (seen with the switch, under load).
         while time.monotonic() < deadline:
-            if running_pid(pid_file, marker) is None:
+            if not _holds(pid, marker):
                 return
             time.sleep(0.1)
     raise RuntimeError(f"process {pid} ({marker}) did not exit after SIGKILL")

@@ -1,11 +1,13 @@
 """The local cloud's container images, built here, and the registry (Debian's docker-registry) that serves them.
 
 Every image the cluster pulls is built as a linux/amd64 OCI image from what this machine has:
-Debian's busybox-static for busybox and the pause stand-in, the CoreDNS binary built from source,
-and Debian's nginx with the shared libraries it links. They are pushed over the registry HTTP API
-v2 under the repository names containerd asks a mirror for (docker.io/library/nginx:1.28 as
-/v2/library/nginx/manifests/1.28), so the program's kthw:registryMirrors sends a worker's pulls
-of docker.io and registry.k8s.io to one local registry.
+the real pause (pause.c compiled here), CoreDNS and metrics-server built from source, Debian's
+busybox-static for busybox, and Debian's nginx with the shared libraries it links. They are pushed
+over the registry HTTP API v2 under the repository names containerd asks a mirror for
+(docker.io/library/nginx:1.28 as /v2/library/nginx/manifests/1.28), so the program's
+kthw:registryMirrors sends a worker's pulls of docker.io and registry.k8s.io to one local registry.
+The program pulls metrics-server by digest: the local stack vouches for this build's digest
+(`metrics_server_digests`, for kthw:imageDigests).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components import addons
+from components import images as pinned
 from tests import upstream
 from tests.localcloud import oci
 from tests.localcloud.image import cache_root
 from tests.localcloud.mirror import in_namespace, start_listening
 from tests.localcloud.oci import Entry
+from tests.upstream import build
 
 # Where the lead's namespace serves the registry: the bridge's own address (net.GATEWAY), port 5000.
 PORT = 5000
@@ -36,9 +40,10 @@ PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"
 BUSYBOX_IMAGE = "docker.io/library/" + addons.SMOKE_BUSYBOX_IMAGE
 NGINX_IMAGE = "docker.io/library/" + addons.SMOKE_NGINX_IMAGE
 COREDNS_IMAGE = addons.COREDNS_IMAGE
-IMAGES = (PAUSE_IMAGE, COREDNS_IMAGE, BUSYBOX_IMAGE, NGINX_IMAGE)
-# Not built: metrics-server is not among the upstream builds (stacks here set kthw:metricsServer=false).
-NOT_BUILT = (addons.METRICS_SERVER_IMAGE,)
+# The release the upstream build makes (the Go module proxy's), under the tag the program names for
+# kthw:metricsServerVersion; pods ask for it by the digest metrics_server_digests() vouches for.
+METRICS_SERVER_IMAGE = f"{addons.METRICS_SERVER_REPOSITORY}:{pinned.tag(build.METRICS_SERVER)}"
+IMAGES = (PAUSE_IMAGE, COREDNS_IMAGE, METRICS_SERVER_IMAGE, BUSYBOX_IMAGE, NGINX_IMAGE)
 
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static: one static binary
 NGINX = Path("/usr/sbin/nginx")  # Debian's nginx (.ci/run installs it)
@@ -70,17 +75,6 @@ http {
         }
     }
 }
-"""
-# The pause stand-in: the real pause is a small C program (not built here); this shell does its job,
-# holding the sandbox's namespaces until it is told to stop, and stops at once on SIGTERM or SIGINT.
-PAUSE_SCRIPT = """\
-#!/bin/sh
-# kthw local cloud: stand-in for registry.k8s.io/pause, built on busybox.
-trap 'exit 0' TERM INT
-while :; do
-  sleep 2147483647 &
-  wait $!
-done
 """
 # busybox 1.28 (the smoke test's image) resolved nslookup's name through the C library, which applies
 # resolv.conf's search list and ndots, so `nslookup kubernetes.default` found the service; Debian's
@@ -161,7 +155,22 @@ def _busybox_layer() -> oci.Blob:
 
 
 def _pause_layer() -> oci.Blob:
-    return oci.layer([Entry("/pause", 0o755, data=PAUSE_SCRIPT.encode())])
+    """The real image is FROM scratch with the static /pause alone."""
+    return oci.layer([Entry("/pause", 0o755, source=upstream.require("pause") / "pause")])
+
+
+def _metrics_server_layer() -> oci.Blob:
+    """/metrics-server and what the real image's distroless/static base gives a Go program: users, a /tmp."""
+    return oci.layer(
+        [
+            Entry("/metrics-server", 0o755, source=upstream.require("metrics-server") / "metrics-server"),
+            Entry(
+                "/etc/passwd", data=(PASSWD + "nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n").encode()
+            ),
+            Entry("/etc/group", data=(GROUP + "nonroot:x:65532:\n").encode()),
+            Entry("/tmp", 0o1777, directory=True),
+        ]
+    )
 
 
 def _coredns_layer() -> oci.Blob:
@@ -225,8 +234,11 @@ def image_specs() -> list[oci.ImageSpec]:
     busybox = _busybox_layer()
     return [
         oci.ImageSpec(BUSYBOX_IMAGE, (busybox,), cmd=("sh",)),
-        # The real pause runs as 65535 with /pause as its entrypoint; so does the stand-in.
-        oci.ImageSpec(PAUSE_IMAGE, (busybox, _pause_layer()), entrypoint=("/pause",), user="65535:65535"),
+        # As build/pause/Dockerfile makes it: FROM scratch, USER 65535:65535, ENTRYPOINT ["/pause"].
+        oci.ImageSpec(PAUSE_IMAGE, (_pause_layer(),), entrypoint=("/pause",), user="65535:65535"),
+        # As metrics-server's Dockerfile makes it: USER 65534, ENTRYPOINT ["/metrics-server"]; the
+        # Deployment passes the flags (and runs it as 1000).
+        oci.ImageSpec(METRICS_SERVER_IMAGE, (_metrics_server_layer(),), entrypoint=("/metrics-server",), user="65534"),
         # The real image: ENTRYPOINT ["/coredns"], USER nonroot:nonroot; the Deployment passes -conf.
         oci.ImageSpec(
             COREDNS_IMAGE,
@@ -256,7 +268,8 @@ def _key() -> str:
     files = [_require(BUSYBOX, "busybox-static"), nginx, NGINX_HTML, NGINX_MIME_TYPES]
     files += [source for _, source in _shared_libraries(nginx)]
     inputs = {str(p): _file_digest(p) for p in files}
-    inputs["coredns-recipe"] = (upstream.require("coredns").parent / ".recipe").read_text()
+    for recipe in ("coredns", "pause", "metrics-server"):
+        inputs[f"{recipe}-recipe"] = (upstream.require(recipe).parent / ".recipe").read_text()
     for module in (Path(__file__), Path(oci.__file__)):
         inputs[module.name] = _file_digest(module)
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
@@ -284,6 +297,11 @@ def split_reference(reference: str) -> tuple[str, str, str]:
     if not host or not repository or not tag:
         raise ValueError(f"{reference!r} is not host/repository:tag")
     return host, repository, tag
+
+
+def metrics_server_digests(images: Images) -> dict[str, str]:
+    """kthw:imageDigests for these images: the local build's metrics-server, which no published digest matches."""
+    return {pinned.METRICS_SERVER: images.manifests[METRICS_SERVER_IMAGE].digest}
 
 
 def registry_mirrors(url: str) -> dict[str, str]:

@@ -3,7 +3,7 @@
 `running()` gives each test module a namespace of its own with the admin's source address, the
 binary mirror (serving two Kubernetes releases) and the registry (the images built here); the
 program reaches them at addresses a user's air-gapped network could have, through kthw:binaryMirror,
-kthw:binaryDigests and kthw:registryMirrors.
+kthw:binaryDigests, kthw:registryMirrors and kthw:imageDigests (the metrics-server built here).
 """
 
 from __future__ import annotations
@@ -40,10 +40,15 @@ class Services:
     current: mirror.Mirror  # versions.KUBERNETES, the program's default
     registry_mirrors: dict[str, str]
     mirror_root: Path  # what the mirror serves: a test may lay out more releases into it
+    image_digests: dict[str, str]  # kthw:imageDigests: the digest of the metrics-server built here
 
 
-def base_config(controllers: int, workers: int, binaries: mirror.Mirror, mirrors: dict[str, str]) -> dict[str, Any]:
-    """A stack file a user of the local cloud would keep: sizes, the admin range, the mirrors."""
+def base_config(controllers: int, workers: int, binaries: mirror.Mirror, services: Services) -> dict[str, Any]:
+    """A stack file a user of the local cloud would keep: sizes, the admin range, the mirrors.
+
+    metrics-server runs at the release the upstream build makes (the Go module proxy's), from the
+    registry, by the digest of the image built here.
+    """
     return {
         "gcp:project": "kthw-localcloud",
         "gcp:region": "us-west1",
@@ -52,8 +57,9 @@ def base_config(controllers: int, workers: int, binaries: mirror.Mirror, mirrors
         "kthw:workerCount": workers,
         "kthw:adminSourceRanges": [ADMIN_RANGE],
         **{f"kthw:{k}": v for k, v in binaries.config(MIRROR_URL).items()},
-        "kthw:registryMirrors": mirrors,
-        "kthw:metricsServer": False,
+        "kthw:registryMirrors": services.registry_mirrors,
+        "kthw:metricsServerVersion": build.METRICS_SERVER,
+        "kthw:imageDigests": services.image_digests,
     }
 
 
@@ -99,8 +105,16 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         processes.append(mirror.serve_mirror(namespace.name, MIRROR[0], MIRROR[1], root))
         store = tmp_path_factory.mktemp("registry")
         processes.append(registry.serve_registry(namespace.name, REGISTRY[0], REGISTRY[1], store))
-        registry.push(registry.build_images(), REGISTRY_URL, namespace.name)
-        yield Services(namespace, previous, current, registry.registry_mirrors(REGISTRY_URL), root)
+        images = registry.build_images()
+        registry.push(images, REGISTRY_URL, namespace.name)
+        yield Services(
+            namespace,
+            previous,
+            current,
+            registry.registry_mirrors(REGISTRY_URL),
+            mirror_root=root,
+            image_digests=registry.metrics_server_digests(images),
+        )
     finally:
         for process in processes:
             process.kill()

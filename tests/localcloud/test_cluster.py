@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from components import versions
-from tests.localcloud import plane
+from tests.localcloud import metrics, plane, registry
 from tests.localcloud.image import Image
 from tests.localcloud.services import (
     MIRROR_URL,
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.localcloud
 def small(
     services: Services, base_image: Image, accel: Accel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalStack]:
-    config = base_config(1, 1, services.previous, services.registry_mirrors)
+    config = base_config(1, 1, services.previous, services)
     stack = LocalStack.create("one", tmp_path_factory.mktemp("one"), services.namespace, base_image, accel, config)
     try:
         yield stack
@@ -53,7 +53,8 @@ def test_1_up_ends_with_the_smoke_test_passing(small: LocalStack, figures: dict[
     print_timeline(small, "1+1 up", figures)
     out = smoke_output(small)
     served = f"serves v{build.PREVIOUS_KUBERNETES}"
-    for check in ("nodes: worker-0 is Ready", "encryption:", "deployment:", "dns:", "audit:", served):
+    metrics = "metrics: kubectl top nodes reports worker-0"
+    for check in ("nodes: worker-0 is Ready", "encryption:", "deployment:", "dns:", "audit:", metrics, served):
         assert check in out, out
     nodes = small.nodes()
     assert sorted(nodes) == ["controller-0", "worker-0"]
@@ -64,6 +65,20 @@ def test_1_up_ends_with_the_smoke_test_passing(small: LocalStack, figures: dict[
         " -o jsonpath='{range .items[*]}{.metadata.name}={.status.conditions[?(@.type==\"Ready\")].status} {end}'",
     )
     assert ready.stdout.split() == ["worker-0=True"], ready
+
+
+def test_1_metrics_come_through_the_aggregation_layer_from_verified_kubelets(
+    small: LocalStack, figures: dict[str, object]
+) -> None:
+    """The real metrics-server and pause behind the smoke test's `kubectl top nodes`, link by link."""
+    images = registry.build_images()
+    api = metrics.check_aggregation(small)
+    pod = metrics.check_kubelet_trust(small, images)
+    metrics.check_pause(small, images)
+    steps = {e["step"]: round(e["end_s"] - e["start_s"], 1) for e in small.timeline() if e["op"] == "create"}
+    figures["metrics_server_step_s"] = steps["kthw-addons-metrics-server"]
+    figures.update(metrics.first_scrape_figures(small, pod, api))
+    print(f"\nmetrics-server: {', '.join(f'{k}={v}' for k, v in figures.items() if k.startswith('metrics_server'))}")
 
 
 def test_2_preview_right_after_shows_no_changes(small: LocalStack) -> None:

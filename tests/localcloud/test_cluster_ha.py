@@ -54,7 +54,7 @@ SETTLE_SECONDS = 10
 def ha(
     services: Services, base_image: Image, accel: Accel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalStack]:
-    config = base_config(3, 2, services.previous, services.registry_mirrors)
+    config = base_config(3, 2, services.previous, services)
     stack = LocalStack.create("ha", tmp_path_factory.mktemp("ha"), services.namespace, base_image, accel, config)
     try:
         yield stack

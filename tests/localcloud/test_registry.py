@@ -22,11 +22,13 @@ from pathlib import Path
 import pytest
 
 from components import addons, config, worker
+from components import images as images_module
 from tests import upstream
 from tests.localcloud import mirror, oci, registry
 from tests.localcloud.conftest import _missing
 from tests.localcloud.net import GATEWAY, Namespace
 from tests.tools import require_tool
+from tests.upstream import build
 
 ADDRESS = str(GATEWAY.ip)
 URL = f"http://{ADDRESS}:{registry.PORT}"
@@ -58,6 +60,19 @@ def images() -> registry.Images:
     return registry.build_images()
 
 
+def metrics_server_digest(images: registry.Images) -> str:
+    return images.manifests[registry.METRICS_SERVER_IMAGE].digest
+
+
+def metrics_server_config(images: registry.Images) -> dict[str, object]:
+    """What a local stack sets: the built release, and its digest vouched for (no published digest matches it)."""
+    return {
+        "metricsServerVersion": build.METRICS_SERVER,
+        "imageDigests": registry.metrics_server_digests(images),
+        "registryMirrors": registry.registry_mirrors(URL),
+    }
+
+
 def manifest(images: registry.Images, reference: str) -> dict[str, object]:
     return json.loads(oci.blob_path(images.layout, images.manifests[reference].digest).read_bytes())
 
@@ -76,12 +91,14 @@ def layer_members(images: registry.Images, reference: str) -> dict[str, tarfile.
     return found
 
 
-def test_every_image_the_cluster_pulls_is_built_except_metrics_server(images: registry.Images) -> None:
+def test_every_image_the_cluster_pulls_is_built(images: registry.Images) -> None:
     program = {addons.COREDNS_IMAGE, addons.SMOKE_NGINX_IMAGE, addons.SMOKE_BUSYBOX_IMAGE}
     built = set(images.manifests)
     assert {r.removeprefix("docker.io/library/") for r in built} >= program
     assert registry.PAUSE_IMAGE in built
-    assert registry.NOT_BUILT == (addons.METRICS_SERVER_IMAGE,)
+    # The program names metrics-server by tag and digest; the tag is the built release's.
+    stack = config.load(metrics_server_config(images), REGION)
+    assert addons.metrics_server_image(stack) == f"{registry.METRICS_SERVER_IMAGE}@{metrics_server_digest(images)}"
     for reference in built:
         cfg = image_config(images, reference)
         assert (cfg["os"], cfg["architecture"]) == ("linux", "amd64"), reference
@@ -117,7 +134,15 @@ def test_image_runtime_settings_match_the_real_images(images: registry.Images) -
     # The Deployment's args (-conf ...) follow the image's entrypoint, as with the real image.
     assert coredns["Entrypoint"] == ["/coredns"] and coredns["User"] == "65532:65532"  # type: ignore[index]
     pause = image_config(images, registry.PAUSE_IMAGE)["config"]
-    assert pause["Entrypoint"] == ["/pause"]  # type: ignore[index]
+    assert pause["Entrypoint"] == ["/pause"] and pause["User"] == "65535:65535"  # type: ignore[index]
+    # The real pause: one static binary, FROM scratch.
+    pause_files = layer_members(images, registry.PAUSE_IMAGE)
+    assert sorted(pause_files) == ["pause"], sorted(pause_files)
+    pause_binary = upstream.require("pause") / "pause"
+    assert subprocess.run(["ldd", str(pause_binary)], capture_output=True).returncode != 0, "pause is not static"
+    metrics = image_config(images, registry.METRICS_SERVER_IMAGE)["config"]
+    assert metrics["Entrypoint"] == ["/metrics-server"] and metrics["User"] == "65534"  # type: ignore[index]
+    assert layer_members(images, registry.METRICS_SERVER_IMAGE)["tmp"].mode == 0o1777
     busybox = layer_members(images, registry.BUSYBOX_IMAGE)
     for applet in ("sh", "sleep", "cat", "ls"):
         assert busybox[f"bin/{applet}"].issym() and busybox[f"bin/{applet}"].linkname == "busybox", applet
@@ -130,7 +155,7 @@ def test_image_runtime_settings_match_the_real_images(images: registry.Images) -
 
 def test_image_scripts_pass_shellcheck_as_busybox_sh(tmp_path: Path) -> None:
     binary = require_tool("shellcheck")
-    for name, script in (("pause", registry.PAUSE_SCRIPT), ("nslookup", registry.NSLOOKUP_SCRIPT)):
+    for name, script in (("nslookup", registry.NSLOOKUP_SCRIPT),):
         path = tmp_path / name
         path.write_text(script)
         result = subprocess.run([binary, "--shell=sh", str(path)], capture_output=True, text=True, timeout=60)
@@ -259,15 +284,47 @@ def test_push_stores_each_image_under_the_name_containerd_asks_a_mirror_for(
 
 def test_the_cri_pulls_every_image_through_the_programs_hosts_toml(cloud: Cloud, images: registry.Images) -> None:
     """What a kubelet asks of containerd (CRI PullImage), with the images named as the program's pods name them."""
-    names = [registry.PAUSE_IMAGE, addons.COREDNS_IMAGE, addons.SMOKE_NGINX_IMAGE, addons.SMOKE_BUSYBOX_IMAGE]
+    metrics_server = addons.metrics_server_image(config.load(metrics_server_config(images), REGION))
+    names = [
+        registry.PAUSE_IMAGE,
+        addons.COREDNS_IMAGE,
+        metrics_server,
+        addons.SMOKE_NGINX_IMAGE,
+        addons.SMOKE_BUSYBOX_IMAGE,
+    ]
     for name in names:
         pulled = cloud.crictl("pull", name)
         assert pulled.returncode == 0, f"{name}: {pulled.stderr}\n{(cloud.work / 'containerd.log').read_text()[-3000:]}"
     listed = cloud.ctr("images", "ls")
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[0]: line.split()[2] for line in listed.stdout.splitlines()[1:]}
+    # A reference with a digest is pulled by the digest alone: containerd keeps it as repository@digest.
+    by_digest = f"{addons.METRICS_SERVER_REPOSITORY}@{metrics_server_digest(images)}"
+    assert rows.get(by_digest) == metrics_server_digest(images), sorted(rows)
     for reference, descriptor in images.manifests.items():
-        assert rows.get(reference) == descriptor.digest, reference
+        if reference != registry.METRICS_SERVER_IMAGE:
+            assert rows.get(reference) == descriptor.digest, reference
+
+
+def test_a_digest_the_registry_does_not_hold_fails_the_pull(cloud: Cloud, images: registry.Images) -> None:
+    """The tag is there, but the reference's digest wins: another digest (the published release's) is not pulled."""
+    published = images_module.PINNED[("metrics-server", build.METRICS_SERVER)]
+    pulled = cloud.crictl("pull", f"{registry.METRICS_SERVER_IMAGE}@{published}")
+    assert pulled.returncode != 0
+    # containerd drops the tag of a reference with a digest and resolves the digest alone.
+    assert f"failed to resolve image: {addons.METRICS_SERVER_REPOSITORY}@{published}: not found" in pulled.stderr, (
+        pulled.stderr
+    )
+
+
+def test_metrics_server_runs_as_the_images_entrypoint(cloud: Cloud, images: registry.Images) -> None:
+    program = addons.metrics_server_image(config.load(metrics_server_config(images), REGION))
+    assert cloud.crictl("pull", program).returncode == 0
+    # What the CRI stored for the program's reference: the repository at the digest.
+    pulled = f"{addons.METRICS_SERVER_REPOSITORY}@{metrics_server_digest(images)}"
+    version = cloud.ctr("run", "--rm", pulled, "ms-version", "/metrics-server", "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"v{build.METRICS_SERVER}", version.stdout
 
 
 def test_nginx_runs_as_the_containers_entrypoint_and_serves_port_80(cloud: Cloud) -> None:
@@ -364,21 +421,24 @@ def test_coredns_as_nonroot_answers_busybox_nslookup_the_way_the_smoke_test_read
     assert any(w == service_ip for line in answer.splitlines() if line.startswith("Address") for w in line.split()), out
 
 
-def test_the_pause_stand_in_holds_until_sigterm_then_exits_at_once(cloud: Cloud) -> None:
+def test_the_real_pause_holds_as_65535_until_sigterm_then_exits_at_once(cloud: Cloud) -> None:
     assert cloud.crictl("pull", registry.PAUSE_IMAGE).returncode == 0
+    version = cloud.ctr("run", "--rm", registry.PAUSE_IMAGE, "pause-v", "/pause", "-v")
+    assert version.returncode == 0 and version.stdout.startswith("pause.c v3.10.2-"), version.stdout + version.stderr
     started = cloud.ctr("run", "-d", registry.PAUSE_IMAGE, "pause")
     assert started.returncode == 0, started.stderr
     try:
         time.sleep(1)
-        assert " RUNNING" in next(
-            line for line in cloud.ctr("task", "ls").stdout.splitlines() if line.startswith("pause ")
-        )
+        row = next(line for line in cloud.ctr("task", "ls").stdout.splitlines() if line.startswith("pause "))
+        assert " RUNNING" in row, row
+        status = Path(f"/proc/{row.split()[1]}/status").read_text()
+        assert "\nUid:\t65535\t65535\t65535\t65535\n" in status, status
         begin = time.monotonic()
         assert cloud.ctr("task", "kill", "-s", "SIGTERM", "pause").returncode == 0
         while "RUNNING" in next(
             (line for line in cloud.ctr("task", "ls").stdout.splitlines() if line.startswith("pause ")), ""
         ):
-            assert time.monotonic() - begin < 5, "pause stand-in ignored SIGTERM"
+            assert time.monotonic() - begin < 5, "pause ignored SIGTERM"
             time.sleep(0.1)
     finally:
         cloud.ctr("task", "kill", "-s", "SIGKILL", "pause")

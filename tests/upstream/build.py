@@ -280,6 +280,7 @@ def recipes() -> list[Recipe]:
                 ("github.com/pulumi/pulumi/sdk/v3", f"v{PULUMI_CLI}", "python/dist/pulumi-resource-pulumi-python"),
             ),
         ),
+        *image_recipes(),
     ]
 
 
@@ -387,6 +388,8 @@ def build(recipe: Recipe, log: bool = True) -> Path:
         if log:
             print(f"{recipe.name} {recipe.version}: cached in {bin_dir}", flush=True)
         return bin_dir
+    if isinstance(recipe, CProgram):
+        return _build_c(recipe, log)
     for package in recipe.apt:
         if shutil.which("dpkg-query") and subprocess.run(["dpkg-query", "-W", package], capture_output=True).returncode:
             raise SystemExit(f"{recipe.name} needs the Debian package {package} (.ci/run installs it)")
@@ -441,6 +444,113 @@ def _rename_mains(recipe: Recipe, bin_dir: Path) -> None:
     """`go build -o dir/` names a binary after its package's last path element: fix etcd's."""
     if recipe.name == "etcd" and (bin_dir / "server").exists():
         (bin_dir / "server").rename(bin_dir / "etcd")
+
+
+# --- the local cloud's images (issue 20): metrics-server and the real pause -----------------------
+#
+# The two programs behind the last stand-in images of the local cloud's registry. metrics-server is
+# a Go program like the rest; pause is C, so it gets a recipe kind of its own, built with this
+# machine's gcc from the Kubernetes module the `kubernetes` recipe downloads anyway.
+
+# The metrics-server release the Go module proxy serves (it does not serve 0.8.1, the program's default).
+METRICS_SERVER = "0.8.0"
+# The sandbox image containerd 2.3 runs for every pod (`containerd config default`), and the tag the
+# Kubernetes tree's build/pause/Makefile gives the pause.c it holds.
+PAUSE = "3.10.2"
+PAUSE_SOURCE = "build/pause/linux/pause.c"
+PAUSE_MAKEFILE_TAG = re.compile(r"^TAG \?= (\S+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class CProgram(Recipe):
+    """One C file from a Go module's tree, compiled statically with this machine's gcc and stripped.
+
+    `requires` names the one module, `source` the file in it; the binary is named after the file.
+    """
+
+    source: str = ""
+    cflags: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.__dict__, sort_keys=True, default=list) + _gcc_version()
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def image_recipes() -> list[Recipe]:
+    """metrics-server at the version the proxy serves, and the real pause of versions.KUBERNETES's tree."""
+    return [
+        Recipe(
+            "metrics-server",
+            METRICS_SERVER,
+            requires={"sigs.k8s.io/metrics-server": f"v{METRICS_SERVER}"},
+            packages=("sigs.k8s.io/metrics-server/cmd/metrics-server",),
+            # What its Makefile stamps: `metrics-server --version` prints it.
+            ldflags=(f"-X k8s.io/client-go/pkg/version.gitVersion=v{METRICS_SERVER}",),
+        ),
+        CProgram(
+            "pause",
+            PAUSE,
+            requires={"k8s.io/kubernetes": f"v{versions.KUBERNETES}"},
+            packages=(),
+            apt=("gcc", "libc6-dev"),  # libc6-dev holds the static libc.a
+            source=PAUSE_SOURCE,
+            # The Makefile's flags; `pause -v` prints the version, as the release's does.
+            cflags=("-Os", "-Wall", "-Werror", "-static", f"-DVERSION=v{PAUSE}-kthw-k8s-v{versions.KUBERNETES}"),
+        ),
+    ]
+
+
+def _gcc_version() -> str:
+    """Part of a C program's key: another compiler rebuilds. Without gcc nothing matches."""
+    try:
+        return subprocess.run(["gcc", "-dumpfullversion"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "no-gcc"
+
+
+def _build_c(recipe: CProgram, log: bool) -> Path:
+    """Compile the recipe's C file into the cache; its module comes through the Go module proxy."""
+    for package in recipe.apt:
+        if shutil.which("dpkg-query") and subprocess.run(["dpkg-query", "-W", package], capture_output=True).returncode:
+            raise SystemExit(f"{recipe.name} needs the Debian package {package} (.ci/run installs it)")
+    if shutil.which("gcc") is None:
+        raise SystemExit(f"{recipe.name} needs gcc: apt-get install gcc libc6-dev")
+    start = time.monotonic()
+    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", "GOWORK": "off"}
+    ((module, version),) = recipe.requires.items()
+    with tempfile.TemporaryDirectory(prefix=f"kthw-build-{recipe.name}-") as tmp:
+        wrapper = Path(tmp)
+        (wrapper / "go.mod").write_text("module kthw.test/upstream-build\n\ngo 1.26\n")
+        tree = _module_dir(module, version, env, wrapper)
+        source = tree / recipe.source
+        if recipe.name == "pause":
+            _check_pause_tag(recipe, source.parent.parent / "Makefile")
+        staging = recipe.out.with_name(recipe.out.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "bin").mkdir(parents=True)
+        binary = staging / "bin" / source.stem
+        for argv in (["gcc", *recipe.cflags, "-o", str(binary), str(source)], ["strip", str(binary)]):
+            result = subprocess.run(argv, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise SystemExit(f"{' '.join(argv)} failed:\n{result.stdout}{result.stderr}")
+        (staging / ".recipe").write_text(recipe.key)
+        shutil.rmtree(recipe.out, ignore_errors=True)
+        staging.rename(recipe.out)
+    if log:
+        print(f"{recipe.name} {recipe.version}: built in {time.monotonic() - start:.0f} s", flush=True)
+    return recipe.out / "bin"
+
+
+def _check_pause_tag(recipe: CProgram, makefile: Path) -> None:
+    """The tree's own pause tag must be the one the recipe builds: containerd asks for that tag."""
+    found = PAUSE_MAKEFILE_TAG.search(makefile.read_text())
+    if found is None or found.group(1) != recipe.version:
+        tag = found.group(1) if found else "none"
+        raise SystemExit(f"pause: {makefile} tags pause {tag}, the recipe builds {recipe.version}: update PAUSE")
+
+
+# --- end of the local cloud's images ---------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
