@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.engine import plugins
@@ -110,11 +111,17 @@ class LocalStack:
         logs = self.run_dir / "events"
         log = logs / f"{len(list(logs.glob('*.jsonl'))):02d}-{label}.jsonl"
         start = time.monotonic()
-        result, steps = run_logged(
-            self.cli, log, verb, "--yes", "--skip-preview", *extra, "--stack", self.name, timeout=UP_TIMEOUT
-        )
+        args = (verb, "--yes", "--skip-preview", *extra, "--stack", self.name)
+        result, steps = run_logged(self.cli, log, *args, timeout=UP_TIMEOUT, check=False)
         self.timings[label] = round(time.monotonic() - start, 1)
         self.steps += steps
+        if result.returncode != 0:
+            # What ran where and when, with the failed step marked, before the CLI's own output.
+            self._learn_step_nodes()
+            pytest.fail(
+                f"pulumi {verb} failed ({result.returncode}); events in {log}\n"
+                f"{format_timeline(self.timeline(), {})}\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def up(self, label: str, *extra: str) -> subprocess.CompletedProcess[str]:
