@@ -63,9 +63,6 @@ def _config_value(name: str, value: str) -> str | None:
 class SshExecutor:
     """Runs scripts with OpenSSH's client from this machine's network (loopback in the contract tests)."""
 
-    # How long an unlimited dial (-1) may go on when the operation has no custom timeout: None is
-    # forever, as in the real provider. A tier whose hosts may never come sets its own.
-    dial_limit_seconds: float | None = None
     # A safety bound on one script, far above any program step's own bounds (components/bounds.py).
     run_limit_seconds: float = 30 * 60
 
@@ -128,8 +125,8 @@ class SshExecutor:
     def _dial(self, private: Path, connection: dict[str, Any], timeout: float | None) -> None:
         """Retry until sshd accepts the key: the real provider's dial loop and its error."""
         limit = int(connection["dialErrorLimit"]) if connection.get("dialErrorLimit") is not None else 10
-        bounds = [b for b in (timeout or None, self.dial_limit_seconds) if b]
-        deadline = time.monotonic() + min(bounds) if bounds else None
+        # With no custom timeout an unlimited dial (-1) goes on forever, as in the real provider.
+        deadline = time.monotonic() + timeout if timeout else None
         delay, tries = DIAL_DELAY, 0
         while True:
             result = subprocess.run(

@@ -47,6 +47,10 @@ class Namespace:
     def exec_ip(self, *argv: str) -> str:
         return _ip("-n", self.name, *argv)
 
+    def enter(self) -> tuple[str, ...]:
+        """What runs a command in the namespace's network only (mounts stay the host's, unlike `command`)."""
+        return ("nsenter", f"--net=/run/netns/{self.name}")
+
     def command(self, *argv: str) -> list[str]:
         """argv run inside the namespace."""
         return ["ip", "netns", "exec", self.name, *argv]

@@ -1,16 +1,20 @@
 """One kthw stack on the local cloud: the real CLI and engine, the local plugins, nodes in a namespace.
 
 `LocalStack` wires the pieces together for the scenario tests: the gcp plugin's backend is
-`cloud.LocalCloud`, the command stand-in runs scripts with `executor.SshExecutor`, binaries come
-from the local mirror and images from the local registry, both on "internet" addresses inside
-the namespace. It also reads what happened back: each node's service start times (to prove a
-step restarted nothing) and a timeline of every bootstrap step.
+`cloud.LocalCloud`, every remote.Command runs through the real pulumi-resource-command over SSH,
+binaries come from the local mirror and images from the local registry, both on "internet"
+addresses inside the namespace. The CLI, and with it the engine and every plugin it starts, runs
+inside the namespace, as on an admin's machine: its connections to the nodes' NAT IPs leave from
+the admin's address (the namespace's routes to the external ranges carry it as their source). It
+also reads what happened back: each node's service start times (to prove a step restarted
+nothing) and a timeline of every bootstrap step, from the engine's event log.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -20,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.engine import plugins
 from tests.localcloud import cloud, plane
+from tests.localcloud.events import Step, run_logged
 from tests.localcloud.image import Image
 from tests.localcloud.net import Namespace
 from tests.localcloud.ssh import OPTIONS
@@ -32,6 +38,9 @@ from tests.pulumi_cli import Cli, isolated_cli
 
 PROJECT = "kthw-localcloud"
 UP_TIMEOUT = 45 * 60
+COMMAND = "command:remote:Command"
+# How `pulumi stack export --show-secrets` shows a secret: the signature, then the JSON plaintext.
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
 # The services the program runs, by role; a step that restarts one changes its start time.
 UNITS = {
     "controller": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "nginx"),
@@ -50,6 +59,8 @@ class LocalStack:
     run_dir: Path
     config: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)  # every operation's steps, from its event log
+    step_nodes: dict[str, str] = field(default_factory=dict)  # Command urn -> the node it runs on
 
     @classmethod
     def create(
@@ -68,7 +79,7 @@ class LocalStack:
             cli.home,
             tmp / "plugin-state",
             gcp_backend="tests.localcloud.cloud:LocalCloud",
-            command_executor="tests.localcloud.executor:SshExecutor",
+            names=plugins.LOCAL_ONLY,
             extra_env={
                 cloud.NETNS_ENV: namespace.name,
                 cloud.RUN_ENV: str(run_dir),
@@ -78,6 +89,10 @@ class LocalStack:
                 "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             },
         )
+        plugins.install_real_command(cli)
+        # The admin's machine is inside the namespace: nsenter, not `ip netns exec`, which would
+        # remount /sys and hide the cgroup mounts the gcp plugin's nspawn machines need.
+        cli = dataclasses.replace(cli, prefix=namespace.enter())
         stack = cls(name, cli, installed, namespace, run_dir, config)
         cli("stack", "init", name)
         stack.write_config(config)
@@ -91,10 +106,27 @@ class LocalStack:
     def __call__(self, *args: str, check: bool = True, timeout: int = UP_TIMEOUT) -> subprocess.CompletedProcess[str]:
         return self.cli(*args, "--stack", self.name, check=check, timeout=timeout)
 
-    def up(self, label: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    def _logged(self, label: str, verb: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        """`pulumi VERB`, timed, its steps kept from its event log (in run_dir/events, for a post-mortem)."""
+        logs = self.run_dir / "events"
+        log = logs / f"{len(list(logs.glob('*.jsonl'))):02d}-{label}.jsonl"
         start = time.monotonic()
-        result = self("up", "--yes", "--skip-preview", *extra)
+        args = (verb, "--yes", "--skip-preview", *extra, "--stack", self.name)
+        result, steps = run_logged(self.cli, log, *args, timeout=UP_TIMEOUT, check=False)
         self.timings[label] = round(time.monotonic() - start, 1)
+        self.steps += steps
+        if result.returncode != 0:
+            # What ran where and when, with the failed step marked, before the CLI's own output.
+            self._learn_step_nodes()
+            pytest.fail(
+                f"pulumi {verb} failed ({result.returncode}); events in {log}\n"
+                f"{format_timeline(self.timeline(), {})}\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def up(self, label: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        result = self._logged(label, "up", *extra)
+        self._learn_step_nodes()
         return result
 
     def preview(self, *extra: str) -> dict[str, Any]:
@@ -148,21 +180,45 @@ class LocalStack:
                 found[name][unit] = "/".join(values.get(p, "?") for p in properties)
         return found
 
+    def _learn_step_nodes(self) -> None:
+        """Which node each Command runs on, from its connection in the state.
+
+        The connection is secret (it holds the key), so the event log shows it as "[secret]"; the
+        state, read with --show-secrets, has its host, and nodes.json the node at that address.
+        """
+        exported = json.loads(self("stack", "export", "--show-secrets").stdout)
+        by_address = {str(n["external_ip"]): name for name, n in self.nodes().items()}
+        for resource in exported["deployment"].get("resources") or []:
+            if resource["type"] == COMMAND:
+                connection = _plain((resource.get("inputs") or {}).get("connection")) or {}
+                host = str(connection.get("host") or "?")
+                self.step_nodes[resource["urn"]] = by_address.get(host, host)
+
     def timeline(self) -> list[dict[str, Any]]:
-        """Every command run and node boot, in start order, in seconds from the first event."""
+        """Every script run (Command steps of the event logs) and node boot, in start order, in s from the first."""
         events: list[dict[str, Any]] = [
             {
-                "at": r["at"],
-                "end": r.get("end", r["at"]),
-                "node": r.get("host"),
-                "step": r["resource"],
-                "op": r["operation"],
+                "at": s.start_ns,
+                "end": s.end_ns,
+                "node": self.step_nodes.get(s.urn, "?"),
+                "step": s.name,
+                "op": s.op,
+                "failed": s.failed,
             }
-            for r in self.installed.commands()
+            for s in self.steps
+            # A Command's delete runs a script only when it has one.
+            if s.type == COMMAND and (s.op not in ("delete", "delete-replaced") or s.old_inputs.get("delete"))
         ]
         for e in self.installed.instance_events():
             events.append(
-                {"at": e["at"], "end": e["at"], "node": e["instance"], "step": "instance", "op": e["operation"]}
+                {
+                    "at": e["at"],
+                    "end": e["at"],
+                    "node": e["instance"],
+                    "step": "instance",
+                    "op": e["operation"],
+                    "failed": False,
+                }
             )
         events.sort(key=lambda e: e["at"])
         if not events:
@@ -174,9 +230,8 @@ class LocalStack:
         ]
 
     def destroy(self) -> None:
-        start = time.monotonic()
-        self("destroy", "--yes", "--skip-preview")
-        self.timings["destroy"] = round(time.monotonic() - start, 1)
+        self._learn_step_nodes()
+        self._logged("destroy", "destroy")
 
     def cleanup(self) -> list[str]:
         """Stop whatever nodes a failed run left (nothing, after a clean destroy)."""
@@ -265,11 +320,19 @@ class ApiWatch:
         return seen
 
 
+def _plain(value: Any) -> Any:
+    """A value of `stack export --show-secrets`: a secret's plaintext decoded, anything else as is."""
+    if isinstance(value, dict) and SECRET_SIG in value:
+        return json.loads(value["plaintext"])
+    return value
+
+
 def format_timeline(events: list[dict[str, Any]], hosts: dict[str, str]) -> str:
     """One line per step: start, end, duration, node, step and operation."""
     lines = []
     for e in events:
         node = hosts.get(str(e["node"]), str(e["node"]))
         took = e["end_s"] - e["start_s"]
-        lines.append(f"{e['start_s']:8.1f} {e['end_s']:8.1f} {took:7.1f}s  {node:<14} {e['op']:<7} {e['step']}")
+        failed = " FAILED" if e.get("failed") else ""
+        lines.append(f"{e['start_s']:8.1f} {e['end_s']:8.1f} {took:7.1f}s  {node:<14} {e['op']:<7} {e['step']}{failed}")
     return "\n".join(lines)
