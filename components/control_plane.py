@@ -157,7 +157,9 @@ def shutdown_delay_seconds(config: ClusterConfig, seconds_to_leave: int) -> int:
     return seconds_to_leave + SHUTDOWN_DELAY_MARGIN_SECONDS
 
 
-def render_api_server_unit(config: ClusterConfig, spec: NodeSpec, public_address: str, seconds_to_leave: int = 0) -> str:
+def render_api_server_unit(
+    config: ClusterConfig, spec: NodeSpec, public_address: str, seconds_to_leave: int = 0
+) -> str:
     """kube-apiserver.service for one controller; its version comment restarts it on an upgrade."""
     return render(
         "control-plane/kube-apiserver.service",

@@ -88,7 +88,9 @@ class FrontEnd:
 
 
 class Platform(Protocol):
-    """The ground a cluster stands on. The cluster calls it in this order: ssh key, api, machines, front end (before the control planes).
+    """The ground a cluster stands on.
+
+    The cluster calls it in this order: ssh key, api, machines, front end (before the control planes).
 
     Every resource a platform creates is a child of `parent` (the cluster), named from `name`, so
     the resources' URNs do not depend on which module made them.

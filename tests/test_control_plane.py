@@ -468,7 +468,8 @@ def test_control_plane_deploys(wired: Recording, spec: config_module.NodeSpec) -
     proxy_client.verify_directly_issued_by(proxy_ca)
     assert proxy_client.subject.rfc4514_string().startswith("CN=front-proxy-client")
     assert "PRIVATE KEY" in files[f"{k8s}/front-proxy-client-key.pem"][0]
-    assert files["/etc/systemd/system/kube-apiserver.service"][0] == cp.render_api_server_unit(CONFIG, spec, PUBLIC, seconds_to_leave())
+    unit = cp.render_api_server_unit(CONFIG, spec, PUBLIC, seconds_to_leave())
+    assert files["/etc/systemd/system/kube-apiserver.service"][0] == unit
     encryption = yaml.safe_load(files[f"{k8s}/encryption-config.yaml"][0])
     assert encryption["kind"] == "EncryptionConfiguration"
     admin = yaml.safe_load(files[f"{k8s}/admin.kubeconfig"][0])
