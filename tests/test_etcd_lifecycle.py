@@ -8,7 +8,9 @@ what the README reports.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -241,3 +243,30 @@ def _field(fields: str, key: str) -> str:
         if name.strip('"') == key:
             return value.strip()
     raise KeyError(key)
+
+
+def test_a_leave_whose_answer_is_lost_still_ends(three: etcd_real.Loopback, tmp_path: Path) -> None:
+    """`member remove` goes through but its answer is lost (the member's own server stops under the
+    request): the retry finds no such member, and the leave step must count that as done."""
+    assert etcd_real.ETCDCTL is not None
+    shim = tmp_path / "etcdctl-losing-answers"
+    shim.write_text(
+        "#!/usr/bin/env bash\n"
+        f'"{etcd_real.ETCDCTL}" "$@" || exit\n'
+        'for arg in "$@"; do [ "${arg}" != remove ] || { echo "Error: context deadline exceeded" >&2; exit 1; }; done\n'
+    )
+    shim.chmod(0o755)
+    member = three.members["controller-2"]
+    script = member.path(etcd.LEAVE_SCRIPT)
+    script.write_text(script.read_text().replace(str(etcd_real.ETCDCTL), str(shim)))
+    leave = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KTHW_ETCD_LEAVE_TIMEOUT": "15"},
+    )
+    assert leave.returncode == 0, leave.stderr
+    assert "removed" in leave.stderr
+    member.kill()
+    assert three.member_names() == {"controller-0", "controller-1"}
