@@ -179,7 +179,7 @@ def test_the_previous_kubernetes_patch_is_served_from_its_own_build(
 
 
 def test_a_kubernetes_release_with_no_build_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"no build of Kubernetes 1\.36\.99 .*add a recipe"):
+    with pytest.raises(ValueError, match=r"no build of kubernetes 1\.36\.99 .*add a recipe"):
         mirror.build_mirror(tmp_path / "mirror", kubernetes_version="1.36.99")
 
 
