@@ -2,7 +2,7 @@
 
 Each cluster shape runs in a fresh interpreter, so imports are cold and peak memory is its own:
 
-    venv/bin/python bench/bench.py            # the README's table: 1+1, 3+3, 3+25, 3+100
+    venv/bin/python bench/bench.py            # docs/performance.md's table: 1+1, 3+3, 3+25, 3+100
     venv/bin/python bench/bench.py 3 50       # one shape, as JSON
 
 Registration time is the whole evaluation under the SDK's mock monitor, with real key generation

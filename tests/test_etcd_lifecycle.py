@@ -3,7 +3,7 @@
 Every scenario runs real etcd members on loopback with the program's own files (tests/etcd_real.py):
 the membership script decides how each starts, the ready script waits, the leave script removes a
 member, the backup and restore scripts take and restore a snapshot. The figures printed with -s are
-what the README reports.
+what docs/performance.md reports.
 """
 
 from __future__ import annotations

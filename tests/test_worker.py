@@ -239,7 +239,7 @@ def test_containerd_reads_the_config(tmp_path: Path) -> None:
     assert runtime["cni"]["conf_dir"] == "/etc/cni/net.d"
     # Image pulls look for each registry's hosts.toml (kthw:registryMirrors) there.
     assert dumped["plugins"]["io.containerd.cri.v1.images"]["registry"]["config_path"] == "/etc/containerd/certs.d"
-    # The pause image containerd pulls for every pod comes from a registry the README tells mirrors to cover.
+    # The pause image containerd pulls for every pod comes from a registry docs/configuration.md tells mirrors to cover.
     sandbox = dumped["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"]
     assert sandbox == "registry.k8s.io/pause:3.10.2" and sandbox.split("/")[0] in worker.KNOWN_REGISTRIES
 

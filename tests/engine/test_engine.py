@@ -174,7 +174,7 @@ def test_adding_a_worker_plans_only_its_resources_and_the_smoke_test(engine: Eng
     steps = changes(engine.plan("kthw:workerCount", "2"))
     created = {urn for urn, op in steps.items() if op == "create"}
     others = {urn: op for urn, op in steps.items() if op != "create"}
-    # README, "What a change does": the worker's VM, route, API firewall rule, kubelet certificate
+    # docs/configuration.md, "What a change does": the worker's VM, route, API firewall rule, kubelet certificate
     # and bootstrap are added; nothing existing changes except the smoke test.
     assert created and all("worker-1" in name_of(urn) for urn in created), sorted(created)
     created_types = {type_of(urn) for urn in created}
