@@ -165,10 +165,13 @@ def _bad(machines: list[dict[str, Any]], **extra: str) -> list[str]:
 
 
 def test_a_machine_listed_twice_is_one_line() -> None:
-    twice = [*MACHINES, {**MACHINES[1], "internalIp": "10.240.0.29"}]
-    assert _bad(twice) == [
-        "kthw:machines = 'node-0' is invalid: one machine per name: node-0 and node-0 share it",
-        "kthw:machines = '10.240.0.20:2222' is invalid: one machine per SSH address: node-0 and node-0 share it",
+    listed_twice = "kthw:machines = 'node-0' is invalid: one machine per name: node-0 and node-0 share it"
+    # Pasted twice as it is (name, SSH address and internal IP all shared), or with one field edited.
+    assert _bad([*MACHINES, MACHINES[1]]) == [listed_twice]
+    assert _bad([*MACHINES, {**MACHINES[1], "internalIp": "10.240.0.29"}]) == [listed_twice]
+    # One machine under two names: its SSH address (and so its internal IP) is what they share, told once.
+    assert _bad([*MACHINES, {"name": "node-2", "role": "worker", "address": "10.240.0.20", "port": 2222}]) == [
+        "kthw:machines = '10.240.0.20:2222' is invalid: one machine per SSH address: node-0 and node-2 share it"
     ]
 
 

@@ -131,23 +131,26 @@ def _machine(
 
 
 def _clashes(entries: Sequence[tuple[str, str, str, SshTarget]]) -> list[str]:
-    """A machine listed twice (by name, or by SSH address and port), or two machines with one internal IP."""
+    """A machine listed twice (by name, or by SSH address and port), or two machines with one internal IP.
+
+    One line per pair of entries, for the first thing they share: a machine pasted twice shares all
+    three, and is one mistake.
+    """
     found = []
+    told: set[tuple[int, int]] = set()
     for what, key in (
         ("name", lambda e: e[1]),
         ("SSH address", lambda e: f"{e[3].host}:{e[3].port}"),
         ("internal IP", lambda e: e[2]),
     ):
-        seen: dict[str, str] = {}
-        for entry in entries:
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(entries):
             value = key(entry)
-            if value in seen:
-                found.append(
-                    str(
-                        ConfigError("machines", value, f"one machine per {what}: {seen[value]} and {entry[1]} share it")
-                    )
-                )
-            seen.setdefault(value, entry[1])
+            first = seen.setdefault(value, index)
+            if first != index and (first, index) not in told:
+                told.add((first, index))
+                shared = f"one machine per {what}: {entries[first][1]} and {entry[1]} share it"
+                found.append(str(ConfigError("machines", value, shared)))
     return found
 
 
