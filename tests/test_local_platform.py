@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -390,7 +391,9 @@ def test_vm_provider_runs_qemu_as_a_daemon_restarts_it_on_update_and_removes_it_
         assert (tmp_path / "state/vms/worker-0/seed/user-data").read_text() == "#cloud-config\n"
         assert (net / "worker-0.sock").exists()
         assert qemu.port_taken(props["ssh_port"]), "nothing listens on the forwarded SSH port"
-        assert vms.read("worker-0", outs).id == "worker-0"
+        # Its id is its disk's: the node's steps hang off it (a new disk must be bootstrapped anew).
+        assert re.fullmatch(r"worker-0-[0-9a-f]{8}", created.id or ""), created.id
+        assert vms.read(created.id or "", outs).id == created.id
         disk = tmp_path / "state/vms/worker-0/disk.qcow2"
         disk_inode = disk.stat().st_ino
         updated = vms.update("worker-0", outs, {**props, "memory_mb": 192})
@@ -406,12 +409,17 @@ def test_vm_provider_runs_qemu_as_a_daemon_restarts_it_on_update_and_removes_it_
             time.sleep(0.1)
         qemu_io = [qemu.QEMU_IMG.replace("-img", "-io"), "-f", "qcow2"]
         subprocess.run([*qemu_io, "-c", "write -P 0x5a 0 64k", str(disk)], check=True, capture_output=True)
-        vms.create({**props, "memory_mb": 192})
+        again = vms.create({**props, "memory_mb": 192})
+        assert again.id == created.id, "a VM started on its kept disk is the same node"
         # -U: read beside the running qemu, which holds the image's write lock.
         kept = subprocess.run([*qemu_io, "-r", "-U", "-c", "read -P 0x5a 0 64k", str(disk)], capture_output=True)
         assert kept.returncode == 0 and b"Pattern verification failed" not in kept.stdout, kept.stdout
+        # Replaced: the old one deleted with its disk, the new one a new disk, so a new id.
+        vms.delete(again.id or "", {**props, "memory_mb": 192})
+        replaced = vms.create(props)
+        assert replaced.id != created.id and (replaced.id or "").startswith("worker-0-"), replaced.id
     finally:
-        vms.delete("worker-0", {**props, "memory_mb": 192})
+        vms.delete("worker-0", props)
         switches.delete(str(net), {"net_dir": str(net)})
     leftovers = _processes_naming(str(tmp_path))
     for pid in leftovers:  # never leave a daemon behind, even when the provider failed to stop it

@@ -18,6 +18,7 @@ user's state and cache directories, and /dev/kvm only through the kvm group.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,9 @@ from platforms.local.qemu import VmLayout
 
 # How long a new switch may take to bind its socket and write its pid file.
 SWITCH_START_SECONDS = 15.0
+# Beside a VM's disk: the VM's id, made when the disk is. A VM started again on its kept disk keeps
+# its id (its node is bootstrapped already); a new disk is a new id, which re-runs the node's steps.
+DISK_ID_FILE = "disk.id"
 
 
 def _changed(olds: dict[str, Any], news: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
@@ -188,15 +192,22 @@ class VmProvider(ResourceProvider):
         layout.seed.mkdir(exist_ok=True)
         for name, content in sorted(props["seed"].items()):
             (layout.seed / name).write_text(content)
+        id_file = layout.directory / DISK_ID_FILE
         # A disk that is already there is this VM's own, kept across a host reboot: boot it again.
         if not layout.disk.exists():
+            # The id first: a disk is never there without one of its own.
+            id_file.write_text(f"{props['name']}-{secrets.token_hex(4)}")
             qemu.create_overlay(Path(props["base_image"]), layout.disk, int(props["disk_gb"]))
+        elif not id_file.exists():
+            # A disk kept from before disk ids, when a VM's id was its name, keeps that id.
+            id_file.write_text(props["name"])
         accel = qemu.choose_accel(props["accel"])
         qemu.start(layout, accel)
         return {**props, "accel_used": accel, "console": str(layout.console)}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        return CreateResult(props["name"], self._start(props))
+        outs = self._start(props)
+        return CreateResult((Path(props["directory"]) / DISK_ID_FILE).read_text(), outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         return _diff(olds, news, self.REPLACE, self.UPDATE)
