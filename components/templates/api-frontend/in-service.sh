@@ -11,14 +11,17 @@ hold={{ hold_seconds }}
 timeout={{ timeout_seconds }}
 deadline=$((SECONDS + timeout))
 
+# Microseconds: bash's SECONDS counts whole seconds, so a hold measured with it may be a second short.
+now_us() { echo "${EPOCHREALTIME//[!0-9]/}"; }
+
 since=""
 code=""
 while :; do
   code="$(curl -sS -o /dev/null -w '%{http_code}' --connect-timeout 2 --max-time 5 \
     -H "Host: {{ host }}" "${url}" 2>/dev/null || true)"
   if [ "${code}" = 200 ]; then
-    since="${since:-${SECONDS}}"
-    [ $((SECONDS - since)) -lt "${hold}" ] || break
+    since="${since:-$(now_us)}"
+    [ $(($(now_us) - since)) -lt $((hold * 1000000)) ] || break
   else
     since=""
   fi
