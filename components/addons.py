@@ -311,16 +311,16 @@ def render_smoke_manifests() -> str:
 # --- scripts -------------------------------------------------------------------------------------
 
 
-def apply_script(node: str, step: str, rollout: str = "") -> str:
+def apply_script(node: str, step: str, rollout: str = "", pace: int = bounds.CLOUD_PACE) -> str:
     """Apply the manifest on stdin as admin on a controller; wait for `namespace/deployment` if given."""
     return render(
         "addons/apply.sh",
         node=node,
         step=step,
         rollout=rollout,
-        apply_seconds=bounds.APPLY_RETRY_SECONDS,
-        rollout_seconds=bounds.DNS_ROLLOUT_SECONDS,
-        kubectl_timeout=bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
+        apply_seconds=bounds.APPLY_RETRY_SECONDS * pace,
+        rollout_seconds=bounds.DNS_ROLLOUT_SECONDS * pace,
+        kubectl_timeout=bounds.KUBECTL_CALL_TIMEOUT_SECONDS * pace,
     )
 
 
@@ -328,13 +328,15 @@ def smoke_test_script(
     config: ClusterConfig,
     node: str,
     *,
+    pace: int = bounds.CLOUD_PACE,
     check_seconds: int = bounds.SMOKE_CHECK_SECONDS,
     kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
 ) -> str:
     """KTHW ch. 13's checks from a controller; the smoke manifests go on its stdin.
 
-    Each check waits at most `check_seconds`; tests render short bounds.
+    Each check waits at most `pace` times `check_seconds`; tests render short bounds.
     """
+    check_seconds, kubectl_timeout = check_seconds * pace, kubectl_timeout * pace
     return render(
         "addons/smoke-test.sh",
         node=node,
@@ -354,8 +356,11 @@ def smoke_test_script(
     )
 
 
-def public_probe_script(config: ClusterConfig, node: str, *, probe_seconds: int = bounds.PUBLIC_PROBE_SECONDS) -> str:
+def public_probe_script(
+    config: ClusterConfig, node: str, *, pace: int = bounds.CLOUD_PACE, probe_seconds: int = bounds.PUBLIC_PROBE_SECONDS
+) -> str:
     """curl the API's /version through the load balancer; the public address goes on stdin."""
+    probe_seconds *= pace
     return render(
         "addons/public-probe.sh",
         node=node,
@@ -394,7 +399,7 @@ class Addons(pulumi.ComponentResource):
         self.rbac = remote.run(
             f"{name}-rbac",
             host,
-            apply_script(host.name, "kubelet rbac"),
+            apply_script(host.name, "kubelet rbac", pace=host.pace),
             parent=self,
             stdin=render_apiserver_to_kubelet_rbac(),
             depends_on=list(args.depends_on),
@@ -404,7 +409,7 @@ class Addons(pulumi.ComponentResource):
         self.dns = remote.run(
             f"{name}-coredns",
             host,
-            apply_script(host.name, "coredns", rollout),
+            apply_script(host.name, "coredns", rollout, host.pace),
             parent=self,
             stdin=render_coredns(args.config),
             depends_on=[self.rbac, *args.depends_on, *args.workers_ready],
@@ -420,7 +425,7 @@ class Addons(pulumi.ComponentResource):
             self.metrics_server = remote.run(
                 f"{name}-metrics-server",
                 host,
-                apply_script(host.name, "metrics-server", METRICS_ROLLOUT if args.workers_ready else ""),
+                apply_script(host.name, "metrics-server", METRICS_ROLLOUT if args.workers_ready else "", host.pace),
                 parent=self,
                 # The Secret carries metrics-server's private key.
                 stdin=manifests,
@@ -465,7 +470,7 @@ class SmokeTest(pulumi.ComponentResource):
         self.cluster_check = remote.run(
             f"{name}-cluster",
             args.controller,
-            smoke_test_script(cfg, args.controller.name),
+            smoke_test_script(cfg, args.controller.name, pace=args.controller.pace),
             parent=self,
             stdin=render_smoke_manifests(),
             triggers=triggers,
@@ -474,7 +479,7 @@ class SmokeTest(pulumi.ComponentResource):
         self.public_check = remote.run(
             f"{name}-public",
             args.probe,
-            public_probe_script(cfg, args.probe.name),
+            public_probe_script(cfg, args.probe.name, pace=args.probe.pace),
             parent=self,
             stdin=args.public_address,
             triggers=[*triggers, args.public_address],

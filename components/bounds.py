@@ -61,6 +61,18 @@ WORKER_SLOT_WAIT_SECONDS = 12 * 60 * 60
 # check to have seen it healthy long enough to send it traffic again.
 IN_SERVICE_SECONDS = 300
 
+# The controller manager's and the scheduler's leader election (Kubernetes' own defaults): the lease
+# lasts this long, its holder must renew it within the deadline, and candidates retry this often.
+LEADER_LEASE_SECONDS = 15
+LEADER_RENEW_SECONDS = 10
+LEADER_RETRY_SECONDS = 2
+
+# A node's pace: how many times the bounds above its scripts may take. 1 on GCE and on machines a
+# user lists; the local platform's VMs under software emulation (TCG) run everything, kubectl's own
+# start included, several times slower, and there a cloud's bounds fail a healthy cluster.
+CLOUD_PACE = 1
+EMULATED_PACE = 4
+
 
 @dataclass(frozen=True)
 class Curl:

@@ -182,10 +182,25 @@ def render_api_server_unit(
     )
 
 
-def render_controller_manager_unit(config: ClusterConfig) -> str:
-    """kube-controller-manager.service."""
+def leader_election(pace: int) -> dict[str, str]:
+    """Leader election's lease, renew deadline and retry period at `pace`; {} at the cloud's (the defaults)."""
+    if pace == bounds.CLOUD_PACE:
+        return {}
+    return {
+        "leaseDuration": f"{bounds.LEADER_LEASE_SECONDS * pace}s",
+        "renewDeadline": f"{bounds.LEADER_RENEW_SECONDS * pace}s",
+        "retryPeriod": f"{bounds.LEADER_RETRY_SECONDS * pace}s",
+    }
+
+
+def render_controller_manager_unit(config: ClusterConfig, pace: int = bounds.CLOUD_PACE) -> str:
+    """kube-controller-manager.service; on a slow node its leader election is slower too, so that a
+    renewal the API server answers late does not end the process."""
+    flags = {"leaseDuration": "lease-duration", "renewDeadline": "renew-deadline", "retryPeriod": "retry-period"}
+    timing = "".join(f" --leader-elect-{flags[k]}={v}" for k, v in leader_election(pace).items())
     return render(
         "control-plane/kube-controller-manager.service",
+        leader_election_timing=timing,
         version=config.versions.kubernetes,
         cluster_cidr=config.cluster_cidr,
         ca_file=CA_FILE,
@@ -206,24 +221,25 @@ def render_scheduler_unit(config: ClusterConfig) -> str:
     )
 
 
-def scheduler_config() -> dict[str, Any]:
+def scheduler_config(pace: int = bounds.CLOUD_PACE) -> dict[str, Any]:
     """The KubeSchedulerConfiguration (kubescheduler.config.k8s.io/v1) as a dict."""
     return {
         "apiVersion": "kubescheduler.config.k8s.io/v1",
         "kind": "KubeSchedulerConfiguration",
         "clientConnection": {"kubeconfig": SCHEDULER_KUBECONFIG},
-        "leaderElection": {"leaderElect": True},
+        "leaderElection": {"leaderElect": True, **leader_election(pace)},
     }
 
 
-def render_scheduler_config() -> str:
+def render_scheduler_config(pace: int = bounds.CLOUD_PACE) -> str:
     """/etc/kubernetes/config/kube-scheduler.yaml."""
-    return to_yaml(scheduler_config())
+    return to_yaml(scheduler_config(pace))
 
 
 def render_health_script(
     spec: NodeSpec,
     *,
+    pace: int = bounds.CLOUD_PACE,
     timeout_seconds: int = bounds.CONTROL_PLANE_HEALTH_SECONDS,
     kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
     kubectl: str = KUBECTL,
@@ -232,8 +248,10 @@ def render_health_script(
 ) -> str:
     """healthy.sh: wait for `units` (the three services) and for the local API server's /healthz and /readyz.
 
-    The keywords exist for tests, which run the script with short bounds against a real kubectl.
+    Its bounds are `pace` times the keywords', which exist for tests: they run the script with
+    short bounds against a real kubectl.
     """
+    timeout_seconds, kubectl_timeout = timeout_seconds * pace, kubectl_timeout * pace
     return render(
         "control-plane/healthy.sh",
         node=_controller(spec).name,
@@ -331,7 +349,7 @@ class ControlPlaneNode(pulumi.ComponentResource):
         api_server_ready = remote.run(
             f"{name}-kube-apiserver-ready",
             host,
-            render_health_script(spec, units=("kube-apiserver",)),
+            render_health_script(spec, pace=host.pace, units=("kube-apiserver",)),
             parent=self,
             triggers=[remote.fingerprint(api_server_files)],
             depends_on=[api_server],
@@ -341,7 +359,9 @@ class ControlPlaneNode(pulumi.ComponentResource):
         # the API server's so the two never write one path at once; its own stamp (deploy.sh) still
         # restarts this service when a shared file changes, though the API server's step wrote it first.
         controller_manager_files = [
-            remote.RemoteFile(f"{UNIT_DIR}/kube-controller-manager.service", render_controller_manager_unit(cfg)),
+            remote.RemoteFile(
+                f"{UNIT_DIR}/kube-controller-manager.service", render_controller_manager_unit(cfg, host.pace)
+            ),
             remote.RemoteFile(CA_FILE, pki.ca.cert_pem),
             remote.RemoteFile(CA_KEY_FILE, pulumi.Output.secret(pki.ca.key_pem), 0o600),
             remote.RemoteFile(SERVICE_ACCOUNT_KEY, pulumi.Output.secret(pki.service_account.key_pem), 0o600),
@@ -361,7 +381,7 @@ class ControlPlaneNode(pulumi.ComponentResource):
 
         scheduler_files = [
             remote.RemoteFile(f"{UNIT_DIR}/kube-scheduler.service", render_scheduler_unit(cfg)),
-            remote.RemoteFile(SCHEDULER_CONFIG, render_scheduler_config()),
+            remote.RemoteFile(SCHEDULER_CONFIG, render_scheduler_config(host.pace)),
             remote.RemoteFile(SCHEDULER_KUBECONFIG, kubeconfig(SCHEDULER_USER, pki.scheduler), 0o600),
         ]
         scheduler = remote.deploy(
@@ -380,7 +400,7 @@ class ControlPlaneNode(pulumi.ComponentResource):
         self.healthy = remote.run(
             f"{name}-healthy",
             host,
-            render_health_script(spec),
+            render_health_script(spec, pace=host.pace),
             parent=self,
             triggers=[restarts],
             depends_on=[api_server, controller_manager, scheduler],

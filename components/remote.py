@@ -40,6 +40,8 @@ class Host:
     name: str
     connection: remote.ConnectionArgs
     ready: pulumi.Resource
+    # How many times the cloud's bounds (components/bounds.py) this node's waits may take.
+    pace: int = bounds.CLOUD_PACE
 
 
 def connection(

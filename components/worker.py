@@ -266,6 +266,7 @@ def render_prepare_script(
 def render_ready_script(
     spec: NodeSpec,
     *,
+    pace: int = bounds.CLOUD_PACE,
     timeout_seconds: int = bounds.WORKER_READY_SECONDS,
     kubectl_timeout: int = bounds.KUBECTL_CALL_TIMEOUT_SECONDS,
     units: Sequence[str] = ("containerd", "kubelet", "kube-proxy"),
@@ -275,8 +276,10 @@ def render_ready_script(
     """ready.sh: check the CNI plugins, wait for containerd, kubelet and kube-proxy, the kubelet's own
     /healthz, then for the node to be Ready.
 
-    The keywords exist for tests, which run the script with short bounds against stand-ins.
+    Its bounds are `pace` times the keywords', which exist for tests: they run the script with
+    short bounds against stand-ins.
     """
+    timeout_seconds, kubectl_timeout = timeout_seconds * pace, kubectl_timeout * pace
     return render(
         "worker/ready.sh",
         node=spec.name,
@@ -297,6 +300,7 @@ def render_rollout_script(
     action: str,
     fingerprint: str,
     *,
+    pace: int = bounds.CLOUD_PACE,
     kubectl: str = ADMIN_KUBECTL,
     drain_seconds: int = bounds.DRAIN_SECONDS,
     turn_seconds: int = bounds.WORKER_TURN_SECONDS,
@@ -304,11 +308,13 @@ def render_rollout_script(
 ) -> str:
     """rollout.sh for `action` "drain" (before a worker's services restart) or "uncordon" (after its ready step).
 
-    `fingerprint` is what the worker's restarting steps install. The keywords exist for tests, which
-    run the script against a real API server with their own kubectl and short bounds.
+    `fingerprint` is what the worker's restarting steps install. The bounds are `pace` (the slower of
+    the worker's and the admin controller's) times the keywords', which exist for tests: they run the
+    script against a real API server with their own kubectl and short bounds.
     """
     if action not in ("drain", "uncordon"):
         raise ValueError(f"unknown rollout action {action!r}")
+    drain_seconds, turn_seconds, kubectl_timeout = drain_seconds * pace, turn_seconds * pace, kubectl_timeout * pace
     return render(
         "worker/rollout.sh",
         node=_worker(spec).name,
@@ -409,10 +415,12 @@ class WorkerNode(pulumi.ComponentResource):
         # What the restarting steps install: the drain runs again exactly when a service will restart.
         # After the control plane (kubelets are never newer than API servers, and it uses the API).
         fingerprint = remote.fingerprint(containerd_files + kubelet_files + kube_proxy_files)
+        # A turn waits on both ends: evictions and the node's restarts, kubectl on the controller.
+        pace = max(host.pace, args.admin.pace)
         drain = remote.run(
             f"{name}-drain",
             args.admin,
-            fingerprint.apply(lambda f: render_rollout_script(cfg, spec, "drain", f)),
+            fingerprint.apply(lambda f: render_rollout_script(cfg, spec, "drain", f, pace=pace)),
             parent=self,
             depends_on=[binaries, *args.control_plane_ready],
         )
@@ -453,7 +461,7 @@ class WorkerNode(pulumi.ComponentResource):
         self.ready = remote.run(
             f"{name}-ready",
             host,
-            render_ready_script(spec),
+            render_ready_script(spec, pace=host.pace),
             parent=self,
             triggers=[fingerprint],
             depends_on=[kubelet, kube_proxy],
@@ -462,7 +470,7 @@ class WorkerNode(pulumi.ComponentResource):
         self.schedulable = remote.run(
             f"{name}-uncordon",
             args.admin,
-            fingerprint.apply(lambda f: render_rollout_script(cfg, spec, "uncordon", f)),
+            fingerprint.apply(lambda f: render_rollout_script(cfg, spec, "uncordon", f, pace=pace)),
             parent=self,
             depends_on=[self.ready, drain],
         )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from components import bounds
 from components.config import ConfigErrors
+from platforms.local import qemu
 from tests.harness import Recording, bundle, run_program
 
 
@@ -80,3 +83,62 @@ def test_bad_local_values_are_one_line_each(tmp_path: Path) -> None:
         "kthw:localMemoryMb = 512 is invalid: at least 1024 (per VM)",
         "kthw:localAccel = 'xen' is invalid: one of auto, kvm, tcg",
     ]
+
+
+def _bounds_on_nodes(recording: Recording) -> dict[str, object]:
+    """What the pace sets on the nodes: leader election's flags and config, and the waits of the ready steps."""
+    control_plane = "kthw-controller-0-control-plane"
+    unit = bundle(recording.by_name(f"{control_plane}-kube-controller-manager"))
+    scheduler = bundle(recording.by_name(f"{control_plane}-kube-scheduler"))
+    ready = str(recording.by_name("kthw-worker-0-bootstrap-ready").inputs["create"])
+    healthy = str(recording.by_name(f"{control_plane}-healthy").inputs["create"])
+    return {
+        "lease_flags": sorted(
+            re.findall(r"--leader-elect-[a-z-]+=\w+", unit["/etc/systemd/system/kube-controller-manager.service"][0])
+        ),
+        "scheduler": yaml.safe_load(scheduler["/etc/kubernetes/config/kube-scheduler.yaml"][0])["leaderElection"],
+        "worker_ready": re.findall(r"^(?:timeout|kubectl_timeout)=(\d+)$", ready, re.M),
+        "control_plane_healthy": re.findall(r"^(?:timeout|kubectl_timeout)=(\d+)$", healthy, re.M),
+    }
+
+
+def test_emulated_vms_get_longer_bounds_and_a_patient_leader_election(tmp_path: Path) -> None:
+    """Under TCG everything on a node takes several times as long: kubectl's own start, a lease renewal."""
+    found = _bounds_on_nodes(run_program(stack(tmp_path, localAccel="tcg")))
+    pace = bounds.EMULATED_PACE
+    assert pace > 1
+    assert found == {
+        "lease_flags": [
+            f"--leader-elect-lease-duration={15 * pace}s",
+            f"--leader-elect-renew-deadline={10 * pace}s",
+            f"--leader-elect-retry-period={2 * pace}s",
+        ],
+        "scheduler": {
+            "leaderElect": True,
+            "leaseDuration": f"{15 * pace}s",
+            "renewDeadline": f"{10 * pace}s",
+            "retryPeriod": f"{2 * pace}s",
+        },
+        "worker_ready": [str(300 * pace), str(30 * pace)],
+        "control_plane_healthy": [str(300 * pace), str(30 * pace)],
+    }
+
+
+def test_vms_under_kvm_keep_the_clouds_bounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(qemu, "kvm_unusable", lambda: None)
+    found = _bounds_on_nodes(run_program(stack(tmp_path, localAccel="kvm")))
+    assert found == {
+        "lease_flags": [],
+        "scheduler": {"leaderElect": True},
+        "worker_ready": ["300", "30"],
+        "control_plane_healthy": ["300", "30"],
+    }
+
+
+def test_asking_for_kvm_where_it_does_not_work_is_one_line_before_any_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qemu, "kvm_unusable", lambda: "/dev/kvm: Permission denied")
+    with pytest.raises(ConfigErrors) as refused:
+        run_program(stack(tmp_path, localAccel="kvm", workerCount="1"))
+    assert refused.value.problems == ["kthw:localAccel is kvm but /dev/kvm: Permission denied"]

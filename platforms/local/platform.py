@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_tls as tls
 
-from components import remote
+from components import bounds, remote
 from components.config import ClusterConfig, ConfigErrors, NodeSpec
 from components.machine import ApiEndpoint, FrontEnd, Machine
+from platforms.local import qemu
 from platforms.local import settings as local
 from platforms.local.settings import LocalNode, LocalSettings
 from platforms.local.vms import LocalVms, LocalVmsArgs
@@ -63,6 +64,12 @@ class LocalPlatform:
             child,
         )
         self._setup = MachineSetup(name, config, parent)
+        # Emulated VMs take several times a cloud VM's time for everything: their steps wait longer.
+        try:
+            accel = qemu.choose_accel(self._settings.accel)
+        except RuntimeError as error:
+            raise ConfigErrors([str(error)]) from None
+        self.pace = bounds.CLOUD_PACE if accel == "kvm" else bounds.EMULATED_PACE
         first = config.controllers[0]
         admin_port = local.api_port(self._settings, local_node(first), config.node_cidr)
         # The nodes reach the first controller on the switch; the admin through its forwarded port.
@@ -73,7 +80,9 @@ class LocalPlatform:
         vm = self.vms.add(local_node(spec), depends_on=after)
         conn = remote.connection(vm.host, self._config.ssh_user, self.ssh_private_key, port=vm.ssh_port)
         # A new VM (another image, a kept disk started again) runs every step on it again.
-        return self._setup.attach(spec, conn, triggers=[vm.vm.id], depends_on=[vm.vm], fingerprint=vm.fingerprint)
+        return self._setup.attach(
+            spec, conn, triggers=[vm.vm.id], depends_on=[vm.vm], fingerprint=vm.fingerprint, pace=self.pace
+        )
 
     def front_end(self, controllers: Sequence[Machine], ca_cert: pulumi.Input[str]) -> FrontEnd:
         return FrontEnd()

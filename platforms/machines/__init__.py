@@ -16,7 +16,7 @@ from pathlib import Path
 import pulumi
 from pulumi_command import remote as command_remote
 
-from components import remote, ssh_gate
+from components import bounds, remote, ssh_gate
 from components.config import ClusterConfig, NodeSpec, SshTarget
 from components.machine import ApiEndpoint, FrontEnd, Machine
 from components.render import render
@@ -102,6 +102,7 @@ class MachineSetup:
         triggers: Sequence[pulumi.Input[object]] = (),
         depends_on: Sequence[pulumi.Resource] = (),
         fingerprint: str = "",
+        pace: int = bounds.CLOUD_PACE,
     ) -> Machine:
         """Gate the machine reachable at `conn` and route the other workers' pod subnets on it."""
         gate = ssh_gate.gate(
@@ -112,7 +113,7 @@ class MachineSetup:
             depends_on=depends_on,
             parent=self._parent,
         )
-        host = remote.Host(name=spec.name, connection=conn, ready=gate)
+        host = remote.Host(name=spec.name, connection=conn, ready=gate, pace=pace)
         routes_files = [
             remote.RemoteFile(ROUTES_SCRIPT, render_routes_script(self._config, spec), 0o755),
             remote.RemoteFile(ROUTES_UNIT, render_routes_unit()),
