@@ -10,6 +10,7 @@ rendered ready script, as the ready step would.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -45,10 +46,26 @@ def require_etcd() -> None:
         )
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out for bind(0) can be handed
+# out again to an outgoing connection (etcd's own, to its peers) before the member listens on it,
+# which failed a member's start once with "address already in use". These are never handed out.
+_LISTEN_PORTS = range(10000, 20000)
+_taken: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now, outside the ephemeral range, and not given out before in this process."""
+    for port in random.sample(_LISTEN_PORTS, len(_LISTEN_PORTS)):
+        if port in _taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 @dataclass
