@@ -54,6 +54,13 @@ class LocalPlatform:
         found = local.problems(self._settings, [local_node(n) for n in config.nodes], config.node_cidr)
         if found:
             raise ConfigErrors(found)
+        # Before any resource, like the checks above: a refused kthw:localAccel creates nothing.
+        # Emulated VMs take several times a cloud VM's time for everything: their steps wait longer.
+        try:
+            accel = qemu.choose_accel(self._settings.accel)
+        except RuntimeError as error:
+            raise ConfigErrors([str(error)]) from None
+        self.pace = bounds.CLOUD_PACE if accel == "kvm" else bounds.EMULATED_PACE
         child = pulumi.ResourceOptions(parent=parent)
         # One SSH key for every VM, given to it at first boot (cloud-init).
         self.ssh_key = tls.PrivateKey(f"{name}-ssh-key", algorithm="ED25519", opts=child)
@@ -64,12 +71,6 @@ class LocalPlatform:
             child,
         )
         self._setup = MachineSetup(name, config, parent)
-        # Emulated VMs take several times a cloud VM's time for everything: their steps wait longer.
-        try:
-            accel = qemu.choose_accel(self._settings.accel)
-        except RuntimeError as error:
-            raise ConfigErrors([str(error)]) from None
-        self.pace = bounds.CLOUD_PACE if accel == "kvm" else bounds.EMULATED_PACE
         first = config.controllers[0]
         admin_port = local.api_port(self._settings, local_node(first), config.node_cidr)
         # The nodes reach the first controller on the switch; the admin through its forwarded port.
@@ -79,7 +80,8 @@ class LocalPlatform:
     def machine(self, spec: NodeSpec, after: Sequence[pulumi.Resource] = ()) -> Machine:
         vm = self.vms.add(local_node(spec), depends_on=after)
         conn = remote.connection(vm.host, self._config.ssh_user, self.ssh_private_key, port=vm.ssh_port)
-        # A new VM (another image, a kept disk started again) runs every step on it again.
+        # The VM's id is its disk's: a new disk (another image, a replacement) runs every step on it
+        # again; a VM started again on its kept disk keeps its id and runs nothing again.
         return self._setup.attach(
             spec, conn, triggers=[vm.vm.id], depends_on=[vm.vm], fingerprint=vm.fingerprint, pace=self.pace
         )
