@@ -58,9 +58,7 @@ class Prober(threading.Thread):
         n = 0
         while not self.stop.is_set():
             n += 1
-            endpoints = ",".join(
-                m.client for m in self.cluster.running() if m.spec.name not in self.leaving
-            )
+            endpoints = ",".join(m.client for m in self.cluster.running() if m.spec.name not in self.leaving)
             put = self.cluster.etcdctl("put", "kthw/probe", str(n), endpoints=endpoints)
             get = self.cluster.etcdctl("get", "kthw/probe", "--print-value-only", endpoints=endpoints)
             if put.returncode == 0 and get.stdout.strip() == str(n):

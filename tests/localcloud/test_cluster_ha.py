@@ -9,7 +9,8 @@ In file order on one stack:
 
 The day-two scenario of issue 18 (a patch bump under a 200 ms prober, a workers-only containerd
 bump) is not here: in its one run on this tier both updates failed on a drain that did not finish
-within its 300 s bound on emulated workers (branch h18-upgrade keeps it; prober.py is its tool).
+within its 300 s bound on emulated workers (prober.py is its tool; the scenario itself:
+`git show 19c4353^:tests/localcloud/test_cluster_ha.py`).
 """
 
 from __future__ import annotations
