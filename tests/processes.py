@@ -1,9 +1,15 @@
-"""Process trees: what a test started, found by parentage, so it can end all of it (and nothing else)."""
+"""What a test started, found so it can end all of it (and nothing else), and read from /proc.
+
+By parentage (a CLI and its plugins), or by what the command lines name: the local platform's VMs
+and switch outlive the plugin that started them, so they are found as a user would find them, by
+the stack's state directory on their command lines.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -31,3 +37,42 @@ def kill_tree(pid: int) -> None:
     for target in [pid, *descendants(pid)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(target, signal.SIGKILL)
+
+
+def naming(text: str) -> dict[int, str]:
+    """Every process whose command line contains `text`: its pid and the command line's first 200 characters."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if text in cmdline:
+                found[int(entry.name)] = cmdline[:200]
+    return found
+
+
+def kill_naming(text: str) -> dict[int, str]:
+    """SIGKILL every process whose command line contains `text` (cleanup after a failure); those it found."""
+    found = naming(text)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return found
+
+
+def _status(pid: int, field: str) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(rf"^{field}:\s*(.+)$", status, re.M)
+    assert match, status
+    return match.group(1).strip()
+
+
+def capabilities(pid: int) -> int:
+    """The process's effective capability set (0: none, what a user's process has)."""
+    return int(_status(pid, "CapEff"), 16)
+
+
+def rss_mib(pid: int) -> int:
+    """The process's resident memory, MiB."""
+    return int(_status(pid, "VmRSS").split()[0]) // 1024

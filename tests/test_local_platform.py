@@ -23,6 +23,7 @@ import yaml
 from platforms.local import download, provider, qemu, seed, settings, switch
 from platforms.local.settings import LocalNode, LocalSettings
 from platforms.local.vms import LocalVms, LocalVmsArgs
+from tests import processes
 from tests.harness import run_components, watch
 from tests.tools import require_tool
 
@@ -327,15 +328,6 @@ def _free_port() -> int:
         return port
 
 
-def _processes_naming(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-    return found
-
-
 def _qemu() -> None:
     for tool in (qemu.QEMU, qemu.QEMU_IMG):
         require_tool(tool)
@@ -353,11 +345,8 @@ def test_switch_provider_starts_a_daemon_that_read_sees_and_delete_ends(tmp_path
         assert (state / "net").stat().st_mode & 0o777 == 0o700
     finally:
         p.delete(created.id or "", created.outs or {})
-        alive = _processes_naming(str(state))
-        for leftover in alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(leftover, signal.SIGKILL)
-    assert alive == [], "delete left the switch running"
+        alive = processes.kill_naming(str(state))
+    assert alive == {}, "delete left the switch running"
     assert not state.exists(), "delete leaves no files"
 
 
@@ -421,11 +410,8 @@ def test_vm_provider_runs_qemu_as_a_daemon_restarts_it_on_update_and_removes_it_
     finally:
         vms.delete("worker-0", props)
         switches.delete(str(net), {"net_dir": str(net)})
-    leftovers = _processes_naming(str(tmp_path))
-    for pid in leftovers:  # never leave a daemon behind, even when the provider failed to stop it
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    assert leftovers == []
+    # Never leave a daemon behind, even when the provider failed to stop it.
+    assert processes.kill_naming(str(tmp_path)) == {}
     assert not (tmp_path / "state").exists()
 
 

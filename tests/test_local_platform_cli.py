@@ -3,7 +3,7 @@
 The base image is a blank qcow2 served as a file:// URL, so each VM is a real qemu daemon idling
 in its firmware: the engine's side of the platform (the dynamic provider's launcher, the
 serialized provider, Read after a VM died, destroy) in seconds, where booting is the local cloud
-tier's job (tests/localcloud/test_local_platform.py).
+tier's job (tests/localcloud/test_local_stack.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests import pulumi_cli
+from tests import processes, pulumi_cli
 from tests.pulumi_cli import Cli
 from tests.tools import require_tool
 
@@ -38,15 +38,6 @@ def _free_base() -> int:
         except OSError:
             continue
     raise RuntimeError("no free port base in 30000-32000")
-
-
-def _processes_naming(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-    return found
 
 
 def _pid(path: Path) -> int:
@@ -85,28 +76,26 @@ def test_up_preview_refresh_after_a_death_and_destroy_under_the_real_engine(tmp_
         pids = {n: _pid(vms / "vms" / n / "qemu.pid") for n in ("controller-0", "worker-0")}
         switch = _pid(vms / "net" / "switch.pid")
         # The plugin that started them has exited with the engine; they run on.
-        assert sorted(_processes_naming(str(vms))) == sorted([*pids.values(), switch])
+        assert sorted(processes.naming(str(vms))) == sorted([*pids.values(), switch])
         machines = json.loads(cli("stack", "output", "machines", "--json").stdout)
         assert machines["worker-0"]["accel"] == "tcg"
         cli("preview", "--expect-no-changes")
 
         os.kill(pids["worker-0"], signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while pids["worker-0"] in _processes_naming(str(vms)):
+        while pids["worker-0"] in processes.naming(str(vms)):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         refreshed = cli("up", "--refresh", "--yes", "--skip-preview")
         assert "1 created" in refreshed.stdout, refreshed.stdout
         again = _pid(vms / "vms" / "worker-0" / "qemu.pid")
-        assert again != pids["worker-0"] and again in _processes_naming(str(vms))
+        assert again != pids["worker-0"] and again in processes.naming(str(vms))
         assert _pid(vms / "vms" / "controller-0" / "qemu.pid") == pids["controller-0"]
         cli("preview", "--expect-no-changes")
 
         cli("destroy", "--yes", "--skip-preview")
-        assert _processes_naming(str(vms)) == []
+        assert processes.naming(str(vms)) == {}
         assert not vms.exists()
         assert len(list(images.iterdir())) == 1, "destroy keeps the downloaded image"
     finally:
-        for pid in _processes_naming(str(vms)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        processes.kill_naming(str(vms))
