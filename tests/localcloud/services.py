@@ -75,6 +75,23 @@ def smoke_output(stack: LocalStack) -> str:
     return steps["kthw-smoke-test-cluster"] + steps["kthw-smoke-test-public"]
 
 
+def assert_one_worker_smoke_test_passed(stack: LocalStack, version: str, api_url: str = "") -> None:
+    """A 1+1 stack's smoke test printed every check: worker-0 Ready, each in-cluster check, its metrics, and the
+    public probe's version (at `api_url` when given: where the platform puts the API)."""
+    out = smoke_output(stack)
+    checks = (
+        "nodes: worker-0 is Ready",
+        "encryption:",
+        "deployment:",
+        "dns:",
+        "audit:",
+        "metrics: kubectl top nodes reports worker-0",
+        f"{api_url}/version serves v{version}" if api_url else f"serves v{version}",
+    )
+    for check in checks:
+        assert check in out, out
+
+
 def vms_and_certificates(stack: LocalStack) -> dict[str, str]:
     """urn -> id of every VM, key and certificate: a replacement changes the id."""
     kinds = ("gcp:compute/instance:Instance", "tls:")
