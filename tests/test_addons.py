@@ -318,7 +318,14 @@ case "$args" in
   *"get node"*) echo -n "${FAKE_READY:-True}" ;;
   *"create secret"*) echo "kind: Secret" ;;
   *"apply -f -"*) cat >/dev/null ;;
-  *"get pod kthw-smoke-dns"*) echo -n "${FAKE_PHASE:-Succeeded}" ;;
+  *"delete pod kthw-smoke-dns"*) ;;
+  *"get pod kthw-smoke-dns"*)
+    # FAKE_FIRST_PHASE is the first probe pod's end, before the script replaces it once.
+    if [ -n "${FAKE_FIRST_PHASE:-}" ] && [ "$(/bin/grep -c "delete pod kthw-smoke-dns" "$FAKE_LOG")" -le 1 ]; then
+      echo -n "$FAKE_FIRST_PHASE"
+    else
+      echo -n "${FAKE_PHASE:-Succeeded}"
+    fi ;;
   *"logs kthw-smoke-dns"*)
     printf 'Server:    %s\\nAddress 1: %s kube-dns\\n\\n' "$FAKE_DNS" "$FAKE_DNS"
     printf 'Name:      kubernetes.default\\nAddress 1: %s kubernetes\\n' "$FAKE_SVC" ;;
@@ -367,6 +374,15 @@ def test_smoke_script_passes_on_a_healthy_cluster(tmp_path: Path) -> None:
     assert "encryption: secret kthw-smoke is stored as k8s:enc:aescbc:v1:key1:" in result.stdout
     assert "dns: kubernetes.default -> 10.96.0.1 via 10.96.0.10" in result.stdout
     assert "mydata" not in result.stdout + result.stderr
+
+
+def test_smoke_script_tries_a_failed_lookup_again_within_its_bound(tmp_path: Path) -> None:
+    result = run_smoke(tmp_path, FAKE_FIRST_PHASE="Failed")
+    assert result.returncode == 0, result.stderr
+    assert "dns: lookup 1 failed, trying again: Server:    10.96.0.10 " in result.stdout
+    assert "dns: kubernetes.default -> 10.96.0.1 via 10.96.0.10" in result.stdout
+    calls = (tmp_path / "kubectl.log").read_text().splitlines()
+    assert sum("delete pod kthw-smoke-dns" in call for call in calls) == 2
 
 
 @pytest.mark.parametrize(
