@@ -37,6 +37,14 @@ kubectl_admin() {
   kubectl_admin_for "${kubectl_timeout}" "$@"
 }
 
+# A new DNS probe pod (one lookup per pod, and pods are immutable): the old one goes first, then the
+# manifests are applied again, which leaves an unchanged deployment as it is. $1 names the check.
+start_dns_probe() {
+  kubectl_admin delete pod "${dns_pod}" --ignore-not-found --wait=true --timeout="${kubectl_timeout}s" >/dev/null \
+    || fail "dns: could not delete the previous ${dns_pod}"
+  printf '%s\n' "${manifests}" | kubectl_admin apply -f - >/dev/null || fail "$1: kubectl apply failed"
+}
+
 manifests="$(cat)"
 [ -n "${manifests}" ] || fail "setup: no manifests on stdin"
 
@@ -73,10 +81,8 @@ actual_prefix="$(head -c "${#encryption_prefix}" "${stored}" | tr -c '[:print:]'
   || fail "encryption: secret ${secret} is stored with prefix '${actual_prefix}', want '${encryption_prefix}'"
 echo "kthw: ${node}: smoke test: encryption: secret ${secret} is stored as ${encryption_prefix}..."
 
-# 3. Deployments: the DNS probe pod runs once per test, so an old one goes first (pods are immutable).
-kubectl_admin delete pod "${dns_pod}" --ignore-not-found --wait=true --timeout="${kubectl_timeout}s" >/dev/null \
-  || fail "dns: could not delete the previous ${dns_pod}"
-printf '%s\n' "${manifests}" | kubectl_admin apply -f - >/dev/null || fail "deployment: kubectl apply failed"
+# 3. Deployments, and the first DNS probe pod.
+start_dns_probe "deployment"
 kubectl_admin_for "$((check_seconds + kubectl_timeout))" rollout status "deployment/${deployment}" \
   --timeout="${check_seconds}s" \
   || fail "deployment: ${deployment} did not become ready: $(kubectl_admin get pods -o wide 2>&1 || true)"
@@ -111,9 +117,7 @@ while :; do
     lookup="$(kubectl_admin logs "${dns_pod}" 2>&1 || true)"
     [ "${SECONDS}" -lt "${deadline}" ] || break
     echo "kthw: ${node}: smoke test: dns: lookup ${failed_lookups} failed, trying again: ${lookup//$'\n'/ }"
-    kubectl_admin delete pod "${dns_pod}" --ignore-not-found --wait=true --timeout="${kubectl_timeout}s" >/dev/null \
-      || fail "dns: could not delete the failed ${dns_pod}"
-    printf '%s\n' "${manifests}" | kubectl_admin apply -f - >/dev/null || fail "dns: kubectl apply failed"
+    start_dns_probe "dns"
   fi
   [ "${SECONDS}" -lt "${deadline}" ] || break
   sleep 5
