@@ -70,6 +70,19 @@ def test_kubernetes_version_changes_only_install_steps(ha: Recording) -> None:
     assert {"kthw-controller-0-control-plane-kube-apiserver", "kthw-worker-2-bootstrap-kubelet"} <= changed
 
 
+def test_a_containerd_bump_runs_again_on_the_workers_only(ha: Recording) -> None:
+    """What a containerd bump re-runs: each worker's turn around its containerd, and no controller step.
+
+    The local cloud's day-two bump changes Kubernetes and containerd in one update; this is the
+    containerd half alone.
+    """
+    bumped = cached({**HA, "containerdVersion": "2.3.5"})
+    added, removed, changed = diff(ha, bumped)
+    assert added == removed == set()
+    turn = ("binaries", "drain", "containerd", "ready", "uncordon")
+    assert changed == {f"kthw-worker-{i}-bootstrap-{step}" for i in range(3) for step in turn}
+
+
 def test_admin_source_ranges_change_only_the_external_firewall(ha: Recording) -> None:
     narrowed = cached({**HA, "adminSourceRanges": '["198.51.100.0/24"]'})
     assert diff(ha, narrowed) == (set(), set(), {"kthw-network-allow-external"})
