@@ -196,7 +196,8 @@ drain() {
       last="${seen}"
       since=${SECONDS}
     fi
-    if [ $((SECONDS - since)) -ge "${stall_seconds}" ] || [ "${SECONDS}" -ge "${deadline}" ]; then
+    # SECONDS counts whole seconds: more than the bound in them is at least the bound in time.
+    if [ $((SECONDS - since)) -gt "${stall_seconds}" ] || [ "${SECONDS}" -ge "${deadline}" ]; then
       fail "no upgrade slot came free within ${stall_seconds}s: held by ${seen}. A worker whose turn failed keeps its slot while it stays cordoned: fix it and run pulumi up again, or uncordon it and delete its Lease in ${namespace}"
     fi
     sleep 5
