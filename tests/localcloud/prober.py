@@ -29,7 +29,10 @@ from tests.localcloud import plane
 
 _CLONE_NEWNET = 0x40000000
 INTERVAL_SECONDS = 0.2
-TIMEOUT_SECONDS = 5.0
+# A request that has no 200 within this many seconds counts as failed. The slowest success seen
+# was 4.95 s (through the service proxy while the two pods moved between workers); the report
+# keeps each target's slowest answer and longest gap, so a slow stretch shows even when nothing fails.
+TIMEOUT_SECONDS = 10.0
 API_PORT = 6443
 
 
