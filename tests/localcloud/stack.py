@@ -12,13 +12,10 @@ nothing) and a timeline of every bootstrap step, from the engine's event log.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import dataclasses
 import json
 import shlex
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +25,7 @@ import pytest
 import yaml
 
 from tests.engine import plugins
-from tests.localcloud import cloud, plane
+from tests.localcloud import cloud
 from tests.localcloud.events import Step, run_logged
 from tests.localcloud.image import Image
 from tests.localcloud.net import Namespace
@@ -236,88 +233,6 @@ class LocalStack:
     def cleanup(self) -> list[str]:
         """Stop whatever nodes a failed run left (nothing, after a clean destroy)."""
         return cloud.stop_all(self.namespace, self.run_dir)
-
-
-class ApiWatch:
-    """Asks the public address for /version every half second, as the admin does, until stopped.
-
-    Each answer is recorded with its time and gitVersion, so a test can say whether (and for how
-    long) no API server answered during an update.
-    """
-
-    def __init__(self, stack: LocalStack) -> None:
-        outputs = stack.outputs()
-        kubeconfig = yaml.safe_load(str(outputs["admin_kubeconfig"]))
-        user = kubeconfig["users"][0]["user"]
-        directory = stack.run_dir / "api-watch"
-        directory.mkdir(exist_ok=True)
-        files = {
-            "ca.pem": str(outputs["ca_certificate"]),
-            "admin.pem": base64.b64decode(user["client-certificate-data"]).decode(),
-            "admin-key.pem": base64.b64decode(user["client-key-data"]).decode(),
-        }
-        for name, content in files.items():
-            (directory / name).touch(mode=0o600)
-            (directory / name).write_text(content)
-        self.argv = stack.namespace.command(
-            "curl",
-            "-sS",
-            # From the admin's address: the namespace's default source for its own load balancer's
-            # address would be that address, which no firewall rule admits.
-            "--interface",
-            plane.ADMIN_SOURCE,
-            "--max-time",
-            "2",
-            "--cacert",
-            str(directory / "ca.pem"),
-            "--cert",
-            str(directory / "admin.pem"),
-            "--key",
-            str(directory / "admin-key.pem"),
-            f"https://{outputs['kubernetes_public_address']}:6443/version",
-        )
-        self.answers: list[tuple[float, str]] = []  # (monotonic time, gitVersion or "")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            at = time.monotonic()
-            result = subprocess.run(self.argv, capture_output=True, text=True, timeout=10, check=False)
-            version = ""
-            if result.returncode == 0:
-                with contextlib.suppress(ValueError):
-                    version = str(json.loads(result.stdout).get("gitVersion") or "")
-            self.answers.append((at, version))
-            self._stop.wait(max(0.0, 0.5 - (time.monotonic() - at)))
-
-    def __enter__(self) -> ApiWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def longest_outage(self) -> float:
-        """The longest stretch, in seconds, from a failed ask to the next answer (0 if none failed)."""
-        longest, since = 0.0, None
-        for at, version in self.answers:
-            if not version and since is None:
-                since = at
-            elif version and since is not None:
-                longest, since = max(longest, at - since), None
-        if since is not None:
-            longest = max(longest, self.answers[-1][0] - since)
-        return round(longest, 1)
-
-    def versions(self) -> list[str]:
-        """The distinct gitVersions answered, in order of first answer."""
-        seen: list[str] = []
-        for _, version in self.answers:
-            if version and version not in seen:
-                seen.append(version)
-        return seen
 
 
 def _plain(value: Any) -> Any:
