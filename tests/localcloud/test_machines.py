@@ -38,6 +38,7 @@ from tests.localcloud.services import (
     assert_one_worker_smoke_test_passed,
     base_config,
     print_timeline,
+    vms_and_certificates,
 )
 from tests.localcloud.ssh import KeyPair
 from tests.localcloud.stack import LocalStack
@@ -182,7 +183,7 @@ def test_3_a_patch_bump_on_one_controller_is_a_short_bounded_outage(
 ) -> None:
     """1.36.3 -> 1.36.4 with one API server: the address is down only while that server restarts."""
     stack = machines.stack
-    keys = {r["urn"]: r.get("id") for r in stack.resources() if r["type"].startswith("tls:")}
+    keys = vms_and_certificates(stack)  # no VM on this platform: its keys and certificates
     credentials = prober.admin_credentials(stack.outputs(), stack.run_dir / "prober")
     write_config(stack, {**stack.config, **{f"kthw:{k}": v for k, v in services.current.config(MIRROR_URL).items()}})
     # /version every half second from the LAN (the hosts' one firewall rule admits only it), as an
@@ -197,7 +198,7 @@ def test_3_a_patch_bump_on_one_controller_is_a_short_bounded_outage(
     # No shutdown delay with one API server (no other could take its requests): the address is down
     # from its stop to its start, seconds; the bound says the restart completed.
     assert report["longest_gap_s"] < 60, report
-    assert {r["urn"]: r.get("id") for r in stack.resources() if r["type"].startswith("tls:")} == keys
+    assert vms_and_certificates(stack) == keys
     assert_one_worker_smoke_test_passed(stack, versions.KUBERNETES, f"https://{CONTROLLER.address}:6443")
     assert kubectl_ready(stack) == ["worker-0=True"]
 
