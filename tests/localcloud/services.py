@@ -43,6 +43,11 @@ class Services:
     image_digests: dict[str, str]  # kthw:imageDigests: the digest of the metrics-server built here
 
 
+def mirror_keys(binaries: mirror.Mirror) -> dict[str, object]:
+    """The stack file's keys for `binaries` served by the namespace's mirror (a bump writes them over the old)."""
+    return {f"kthw:{k}": v for k, v in binaries.config(MIRROR_URL).items()}
+
+
 def base_config(controllers: int, workers: int, binaries: mirror.Mirror, services: Services) -> dict[str, Any]:
     """A stack file a user of the local cloud would keep: sizes, the admin range, the mirrors.
 
@@ -56,7 +61,7 @@ def base_config(controllers: int, workers: int, binaries: mirror.Mirror, service
         "kthw:controllerCount": controllers,
         "kthw:workerCount": workers,
         "kthw:adminSourceRanges": [ADMIN_RANGE],
-        **{f"kthw:{k}": v for k, v in binaries.config(MIRROR_URL).items()},
+        **mirror_keys(binaries),
         "kthw:registryMirrors": services.registry_mirrors,
         "kthw:metricsServerVersion": build.METRICS_SERVER,
         "kthw:imageDigests": services.image_digests,

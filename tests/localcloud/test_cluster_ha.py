@@ -35,9 +35,9 @@ from components import versions
 from tests.localcloud import metrics, mirror, plane, prober, registry
 from tests.localcloud.image import Image
 from tests.localcloud.services import (
-    MIRROR_URL,
     Services,
     base_config,
+    mirror_keys,
     print_timeline,
     smoke_output,
     vms_and_certificates,
@@ -181,7 +181,7 @@ def test_a_kubernetes_and_containerd_bump_drops_no_request(
     kept = vms_and_certificates(ha)
     # The mirror serves the current Kubernetes and the next containerd release (its own upstream build).
     newer = mirror.build_mirror(services.mirror_root, containerd_version=build.NEXT_CONTAINERD)
-    bumped = {**ha.config, **{f"kthw:{k}": v for k, v in newer.config(MIRROR_URL).items()}}
+    bumped = {**ha.config, **mirror_keys(newer)}
     assert bumped["kthw:kubernetesVersion"] == versions.KUBERNETES != ha.config["kthw:kubernetesVersion"]
     # The stack so far ran the program's default containerd, so its file does not name one.
     assert "kthw:containerdVersion" not in ha.config

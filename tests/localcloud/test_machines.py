@@ -33,10 +33,10 @@ from tests.localcloud.hosts import Host
 from tests.localcloud.image import Image
 from tests.localcloud.net import GATEWAY
 from tests.localcloud.services import (
-    MIRROR_URL,
     Services,
     assert_one_worker_smoke_test_passed,
     base_config,
+    mirror_keys,
     print_timeline,
     vms_and_certificates,
 )
@@ -185,7 +185,7 @@ def test_3_a_patch_bump_on_one_controller_is_a_short_bounded_outage(
     stack = machines.stack
     keys = vms_and_certificates(stack)  # no VM on this platform: its keys and certificates
     credentials = prober.admin_credentials(stack.outputs(), stack.run_dir / "prober")
-    write_config(stack, {**stack.config, **{f"kthw:{k}": v for k, v in services.current.config(MIRROR_URL).items()}})
+    write_config(stack, {**stack.config, **mirror_keys(services.current)})
     # /version every half second from the LAN (the hosts' one firewall rule admits only it), as an
     # admin next to the machines asks.
     targets = {"version": "/version"}
