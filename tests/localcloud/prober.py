@@ -201,7 +201,11 @@ def manifest(image: str) -> list[dict[str, Any]]:
                     "name": "web",
                     "image": image,
                     "ports": [{"containerPort": 80}],
-                    "readinessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 2},
+                    # 5 s to answer, not the default 1 s: once, with both replicas on one TCG
+                    # worker (the other drained) and a second test process on the cores, the
+                    # Service had no ready endpoint for 1.4 s before that worker's turn began,
+                    # which we read as three missed 1 s probes, not as the upgrade's doing.
+                    "readinessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 2, "timeoutSeconds": 5},
                     "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
                 }
             ],
