@@ -570,9 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.monotonic()
     # One build at a time unless asked: Go's compiler alone keeps two cores busy. Two at a time
-    # left none idle either, and took longer (builds 1442 s, against 1237 s one at a time the day
-    # before, on 2 cores). Each build has its own wrapper and staging directory, and Go's caches
-    # take concurrent users, so --jobs 2 is safe where there are cores to spare.
+    # left none idle either, and took longer (cold, on 2 cores, the same day: 1442 s against 1191 s
+    # one at a time). Each build has its own wrapper and staging directory, and Go's caches take
+    # concurrent users, so --jobs 2 is safe where there are cores to spare.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for _ in pool.map(build, chosen):
             pass
